@@ -1,0 +1,184 @@
+//! The sidecar's local control API (loopback HTTP or a unix socket), used
+//! by cove-pty and the controller. Documented in docs/sync-api.md.
+//!
+//! - `GET  /healthz`  — the process is up.
+//! - `GET  /readyz`   — 200 once hydration finished, else 503 with progress.
+//! - `GET  /status`   — hydration, dirty count, last commit, store health, lag.
+//! - `POST /flush`    — `{"paths": [...]}` (omit for everything); answers once
+//!   durable with the commit that holds it.
+//! - `GET  /changes`  — change feed, one JSON event per line (`?prefix=`).
+//! - `GET  /metrics`  — Prometheus text format.
+
+use crate::workspace::{ChangeEvent, ChangeKind, FlushError, Workspace};
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use tokio_stream::wrappers::BroadcastStream;
+
+/// Largest flush request body we accept.
+const MAX_BODY: usize = 1 << 20;
+
+pub fn router(ws: Arc<Workspace>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .route("/flush", post(flush))
+        .route("/changes", get(changes))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { err(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(ws)
+}
+
+fn err(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+async fn readyz(State(ws): State<Arc<Workspace>>) -> Response {
+    if ws.is_hydrated() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"hydration": ws.progress.view()})),
+        )
+            .into_response()
+    }
+}
+
+async fn status(State(ws): State<Arc<Workspace>>) -> Response {
+    Json(ws.status()).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlushReq {
+    paths: Option<Vec<String>>,
+}
+
+async fn flush(State(ws): State<Arc<Workspace>>, body: axum::body::Bytes) -> Response {
+    let req: FlushReq = if body.is_empty() {
+        FlushReq { paths: None }
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return err(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &format!("invalid flush request: {e}"),
+                )
+            }
+        }
+    };
+    if let Some(ps) = &req.paths {
+        for p in ps {
+            let p = p.trim_matches('/');
+            if !p.is_empty() && !crate::tree::valid(p) {
+                return err(
+                    StatusCode::BAD_REQUEST,
+                    "bad_path",
+                    &format!("invalid path {p:?}"),
+                );
+            }
+        }
+    }
+    let paths: Option<Vec<String>> = req.paths.map(|ps| {
+        ps.into_iter()
+            .map(|p| p.trim_matches('/').to_owned())
+            .collect()
+    });
+    match ws.flush(paths.as_deref()).await {
+        Ok(c) => Json(json!({"durable": true, "commit": c})).into_response(),
+        Err(e @ FlushError::Fenced) => err(StatusCode::CONFLICT, "fenced", &e.to_string()),
+        Err(e @ FlushError::BadPath(_)) => err(StatusCode::BAD_REQUEST, "bad_path", &e.to_string()),
+        Err(e) => err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            &e.to_string(),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct ChangesQuery {
+    prefix: Option<String>,
+}
+
+async fn changes(State(ws): State<Arc<Workspace>>, Query(q): Query<ChangesQuery>) -> Response {
+    let prefix = q.prefix.unwrap_or_default().trim_matches('/').to_owned();
+    let rx = ws.subscribe();
+    let stream = BroadcastStream::new(rx).filter_map(move |ev| {
+        let prefix = prefix.clone();
+        async move {
+            let ev = match ev {
+                Ok(ev) => ev,
+                // A slow reader lost events: say so, so it can re-read.
+                Err(_) => ChangeEvent {
+                    path: String::new(),
+                    kind: ChangeKind::Overflow,
+                    from: None,
+                },
+            };
+            let relevant = prefix.is_empty()
+                || ev.kind == ChangeKind::Overflow
+                || ev.path == prefix
+                || ev.path.starts_with(&format!("{prefix}/"));
+            if !relevant {
+                return None;
+            }
+            let mut line = serde_json::to_vec(&ev).ok()?;
+            line.push(b'\n');
+            Some(Ok::<_, std::convert::Infallible>(line))
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", "response"))
+}
+
+async fn metrics(State(ws): State<Arc<Workspace>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        ws.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Serve the API on `addr`: `host:port` or `unix:/path/to.sock`.
+pub async fn serve(ws: Arc<Workspace>, addr: &str) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let app = router(ws);
+    if let Some(path) = addr.strip_prefix("unix:") {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path)?;
+        Ok(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "control API stopped");
+            }
+        }))
+    } else {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, "control API listening");
+        Ok(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "control API stopped");
+            }
+        }))
+    }
+}

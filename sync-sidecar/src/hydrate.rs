@@ -1,0 +1,377 @@
+//! Hydration: turn a project's history into files in the cache directory.
+//!
+//! Reads the newest checkpoint on the chain as a stream (bodies go straight
+//! to disk, never all in memory), replays the tail of segments, then fills
+//! in large files from their chunks (holes stay holes), and finally sets
+//! directory modes (last, so a read-only directory can still be filled).
+//! Returns the index — the committed tree without bodies — that the sidecar
+//! compares the cache against from then on.
+
+use crate::format::{open_checkpoint, ChunkRef, CommitId, Op, CHUNK_SIZE};
+use crate::fsutil::{self, split, Root};
+use crate::journal::{Chain, JResult, Journal, JournalError};
+use crate::tree::{Content, Tree};
+use futures::{StreamExt, TryStreamExt};
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+use serde::Serialize;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Hydration progress, shared with the status API.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub total: AtomicU64,
+    pub done: AtomicU64,
+    pub bytes: AtomicU64,
+    pub finished: AtomicBool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProgressView {
+    pub total: u64,
+    pub done: u64,
+    pub bytes: u64,
+    pub finished: bool,
+}
+
+impl Progress {
+    pub fn view(&self) -> ProgressView {
+        ProgressView {
+            total: self.total.load(Ordering::Relaxed),
+            done: self.done.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            finished: self.finished.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Who owns hydrated files (the workspace user), if not the sidecar's user.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+fn jerr(e: impl std::fmt::Display) -> JournalError {
+    JournalError::Other(e.to_string())
+}
+
+fn io_err(path: &str, e: io::Error) -> JournalError {
+    JournalError::Other(format!("hydrating {path}: {e}"))
+}
+
+/// Apply one op to the directory under `root` and to `index`. Mirrors
+/// `Tree::apply`, so disk and index agree. Large files are created at their
+/// full size (sparse) and filled later.
+pub fn materialize(root: &Root, index: &mut Tree, op: &Op, owner: Option<Owner>) -> JResult<()> {
+    op.validate()?;
+    let chown = |rel: &str| -> io::Result<()> {
+        if let Some(o) = owner {
+            let (p, n) = split(rel);
+            let dir = root.dir(p)?;
+            nix::unistd::fchownat(
+                &dir,
+                n,
+                Some(o.uid.into()),
+                Some(o.gid.into()),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )?;
+        }
+        Ok(())
+    };
+    let parents = |rel: &str| -> io::Result<()> {
+        let (p, _) = split(rel);
+        root.force_dirs(p, 0o755)
+    };
+    let res: io::Result<()> = (|| {
+        match op {
+            Op::Mkdir { path, .. } => match root.lstat_opt(path)? {
+                Some(st) if fsutil::is_dir(&st) => {}
+                _ => {
+                    root.remove_all(path)?;
+                    root.force_dirs(path, 0o755)?;
+                    chown(path)?;
+                }
+            },
+            Op::Write {
+                path,
+                mode,
+                mtime,
+                size,
+                inline,
+                ..
+            } => {
+                match root.lstat_opt(path)? {
+                    Some(st) if fsutil::is_file(&st) => {}
+                    Some(_) => root.remove_all(path)?,
+                    None => parents(path)?,
+                }
+                let mut f = root.open_file(
+                    path,
+                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW,
+                    0o600,
+                )?;
+                match inline {
+                    Some(body) => f.write_all(body)?,
+                    None => f.set_len(*size)?,
+                }
+                f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(*mode & 0o7777))?;
+                set_mtime(&f, *mtime)?;
+                drop(f);
+                chown(path)?;
+            }
+            Op::Symlink {
+                path,
+                target,
+                mtime,
+            } => {
+                root.remove_all(path)?;
+                parents(path)?;
+                let (p, n) = split(path);
+                let dir = root.dir(p)?;
+                nix::unistd::symlinkat(target.as_str(), &dir, n)?;
+                let ts = nix::sys::time::TimeSpec::new(
+                    mtime.div_euclid(1_000_000_000),
+                    mtime.rem_euclid(1_000_000_000),
+                );
+                nix::sys::stat::utimensat(
+                    &dir,
+                    n,
+                    &ts,
+                    &ts,
+                    nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+                )?;
+                chown(path)?;
+            }
+            Op::SetAttr { path, mode, mtime } => {
+                if let Some(st) = root.lstat_opt(path)? {
+                    if !fsutil::is_symlink(&st) {
+                        let (p, n) = split(path);
+                        let dir = root.dir(p)?;
+                        nix::sys::stat::fchmodat(
+                            &dir,
+                            n,
+                            Mode::from_bits_truncate(*mode & 0o7777),
+                            nix::sys::stat::FchmodatFlags::FollowSymlink,
+                        )?;
+                        if !fsutil::is_dir(&st) {
+                            let ts = nix::sys::time::TimeSpec::new(
+                                mtime.div_euclid(1_000_000_000),
+                                mtime.rem_euclid(1_000_000_000),
+                            );
+                            nix::sys::stat::utimensat(
+                                &dir,
+                                n,
+                                &ts,
+                                &ts,
+                                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+                            )?;
+                        }
+                    }
+                }
+            }
+            Op::Rename { from, to } => {
+                if from != to && index.get(from).is_some() && !to.starts_with(&format!("{from}/")) {
+                    root.remove_all(to)?;
+                    parents(to)?;
+                    let (fp, fname) = split(from);
+                    let (tp, tname) = split(to);
+                    let fd = root.dir(fp)?;
+                    let td = root.dir(tp)?;
+                    nix::fcntl::renameat(&fd, fname, &td, tname)?;
+                }
+            }
+            Op::Delete { path } => root.remove_all(path)?,
+        }
+        Ok(())
+    })();
+    res.map_err(|e| io_err(op.path(), e))?;
+    index.apply(op)?;
+    Ok(())
+}
+
+fn set_mtime(f: &std::fs::File, mtime: i64) -> io::Result<()> {
+    let t = std::time::UNIX_EPOCH
+        + std::time::Duration::new(
+            mtime.max(0) as u64 / 1_000_000_000,
+            (mtime.max(0) % 1_000_000_000) as u32,
+        );
+    f.set_modified(t)
+}
+
+/// Empty the directory (the cache is ours; whatever is in it is stale).
+pub fn clear(root: &Root) -> io::Result<()> {
+    for name in root.list("")? {
+        root.remove_all(&name)?;
+    }
+    Ok(())
+}
+
+/// Hydrate `root` (emptied first) with the state at the head of `chain`.
+pub async fn hydrate(
+    journal: &Journal,
+    chain: &Chain,
+    root: Arc<Root>,
+    owner: Option<Owner>,
+    progress: Arc<Progress>,
+) -> JResult<(Tree, CommitId)> {
+    let head = chain.head();
+    {
+        let r = root.clone();
+        tokio::task::spawn_blocking(move || clear(&r))
+            .await
+            .map_err(jerr)?
+            .map_err(|e| io_err("(clearing the cache)", e))?;
+    }
+    let ckpt = journal.latest_checkpoint(chain, head).await?;
+    let tail_len = chain
+        .commits()
+        .filter(|c| ckpt.is_none_or(|k| c.seq > k.seq))
+        .count() as u64;
+    let mut index = Tree::new(false);
+    if let Some(c) = ckpt {
+        let (key, bytes) = journal.read_checkpoint(c).await?;
+        progress
+            .bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let (r, p) = (root.clone(), progress.clone());
+        index = tokio::task::spawn_blocking(move || -> JResult<Tree> {
+            let (header, mut rd) = open_checkpoint(&key, &bytes[..])?;
+            p.total
+                .fetch_add(header.entries + tail_len, Ordering::Relaxed);
+            while let Some(op) = rd.next::<Op>()? {
+                materialize(&r, &mut index, &op, owner)?;
+                p.done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(index)
+        })
+        .await
+        .map_err(jerr)??;
+    } else {
+        progress.total.fetch_add(tail_len, Ordering::Relaxed);
+    }
+    let mut tail = std::pin::pin!(journal.tail(chain, ckpt, head));
+    while let Some(seg) = tail.try_next().await? {
+        let (r, mut idx) = (root.clone(), index);
+        index = tokio::task::spawn_blocking(move || -> JResult<Tree> {
+            for op in &seg.ops {
+                materialize(&r, &mut idx, op, owner)?;
+            }
+            Ok(idx)
+        })
+        .await
+        .map_err(jerr)??;
+        progress.done.fetch_add(1, Ordering::Relaxed);
+    }
+    fill_chunks(journal, &root, &index, &progress).await?;
+    let (r, idx) = (root.clone(), index);
+    let index = tokio::task::spawn_blocking(move || -> JResult<Tree> {
+        // Deepest first, so a read-only parent is set after its children.
+        let dirs: Vec<(String, u32)> = idx
+            .iter()
+            .filter(|(_, n)| n.is_dir())
+            .map(|(p, n)| (p.clone(), n.mode))
+            .collect();
+        for (p, mode) in dirs.iter().rev() {
+            let (pp, n) = split(p);
+            let dir = r.dir(pp).map_err(|e| io_err(p, e))?;
+            nix::sys::stat::fchmodat(
+                &dir,
+                n,
+                Mode::from_bits_truncate(*mode),
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            )
+            .map_err(|e| io_err(p, e.into()))?;
+        }
+        Ok(idx)
+    })
+    .await
+    .map_err(jerr)??;
+    progress.finished.store(true, Ordering::Relaxed);
+    Ok((index, head))
+}
+
+/// SHA-256 of `len` zero bytes, for recognising holes.
+pub fn zero_hash(len: u64) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let zeros = vec![0u8; 1 << 16];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        h.update(&zeros[..n]);
+        left -= n as u64;
+    }
+    hex::encode(h.finalize())
+}
+
+/// Download every large file's chunks into its (already sized) file.
+async fn fill_chunks(
+    journal: &Journal,
+    root: &Arc<Root>,
+    index: &Tree,
+    progress: &Progress,
+) -> JResult<()> {
+    let zero_full = zero_hash(CHUNK_SIZE);
+    let mut jobs: Vec<(String, u64, ChunkRef)> = Vec::new();
+    let mut mtimes: Vec<(String, i64)> = Vec::new();
+    for (path, node) in index.iter() {
+        if let Content::Chunks(chunks) = &node.content {
+            let mut off = 0;
+            for c in chunks {
+                if !(c.len == CHUNK_SIZE && c.hash == zero_full) {
+                    jobs.push((path.clone(), off, c.clone()));
+                }
+                off += c.len;
+            }
+            mtimes.push((path.clone(), node.mtime));
+        }
+    }
+    futures::stream::iter(jobs)
+        .map(|(path, off, c)| {
+            let root = root.clone();
+            async move {
+                let key = crate::format::keys::blob(&c.hash);
+                let body =
+                    journal
+                        .store()
+                        .get(&key)
+                        .await?
+                        .ok_or_else(|| JournalError::Missing {
+                            key: format!("{key} (chunk of {path})"),
+                        })?;
+                if body.len() as u64 != c.len || crate::snapshot::hash_hex(&body) != c.hash {
+                    return Err(JournalError::Other(format!(
+                        "{key} (chunk of {path}) is corrupt"
+                    )));
+                }
+                progress.bytes.fetch_add(c.len, Ordering::Relaxed);
+                tokio::task::spawn_blocking(move || -> JResult<()> {
+                    let f = root
+                        .open_file(&path, OFlag::O_WRONLY | OFlag::O_NOFOLLOW, 0)
+                        .map_err(|e| io_err(&path, e))?;
+                    f.write_all_at(&body, off).map_err(|e| io_err(&path, e))
+                })
+                .await
+                .map_err(jerr)?
+            }
+        })
+        .buffer_unordered(4)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let root = root.clone();
+    tokio::task::spawn_blocking(move || -> JResult<()> {
+        for (path, mtime) in mtimes {
+            let f = root
+                .open_file(&path, OFlag::O_WRONLY | OFlag::O_NOFOLLOW, 0)
+                .map_err(|e| io_err(&path, e))?;
+            set_mtime(&f, mtime).map_err(|e| io_err(&path, e))?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(jerr)?
+}

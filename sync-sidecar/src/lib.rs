@@ -1,0 +1,31 @@
+//! cove-sync: the workspace filesystem.
+//!
+//! A workspace's files live in a local cache directory; every change is
+//! committed to an object store as a journal, so whatever was saved survives
+//! the pod. Where a save goes, layer by layer:
+//!
+//! - [`fuse`] / [`watch`]: the two fronts. FUSE sees every operation; watch
+//!   mode (no /dev/fuse) learns from inotify and a reconciliation scan.
+//! - [`workspace`]: dirty tracking, group commit, the durability contract
+//!   (flush and fsync wait for the store), checkpoints, store outages.
+//! - [`snapshot`]: reads the cache into journal ops without torn reads.
+//! - [`journal`]: the chain of writer epochs, fencing, history, fork.
+//! - [`format`]: keys and the byte format (see docs/storage.md).
+//! - [`tree`]: the tree a journal describes (the sidecar's index).
+//! - [`hydrate`]: history → files in the cache, with progress.
+//! - [`store`]: the object store trait (directory, S3, fault injection).
+//! - [`api`]: the local control API (flush, status, change feed, metrics).
+//! - [`fsutil`]: symlink-safe path operations confined to the cache.
+
+pub mod api;
+pub mod format;
+pub mod fsutil;
+pub mod fuse;
+pub mod hydrate;
+pub mod journal;
+pub mod metrics;
+pub mod snapshot;
+pub mod store;
+pub mod tree;
+pub mod watch;
+pub mod workspace;

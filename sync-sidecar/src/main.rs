@@ -1,0 +1,404 @@
+//! `cove-sync`: the sync sidecar binary. See `cove-sync --help`.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use cove_sync::format::{keys, CommitId};
+use cove_sync::fsutil::Root;
+use cove_sync::hydrate::{self, Owner, Progress};
+use cove_sync::journal::Journal;
+use cove_sync::snapshot::{self, BlobSink};
+use cove_sync::store::{self, DynStore};
+use cove_sync::workspace::{self, Workspace};
+use cove_sync::{api, fuse, watch};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "cove-sync",
+    version,
+    about = "Cove's workspace filesystem: a FUSE or watched directory journaled to an object store"
+)]
+struct Cli {
+    /// Object store: file:///abs/dir or s3://bucket/prefix (S3 endpoint and
+    /// credentials from COVE_S3_ENDPOINT, COVE_S3_REGION, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY).
+    #[arg(long, env = "COVE_STORE", global = true)]
+    store: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum Mode {
+    /// FUSE when /dev/fuse can be used, watch mode otherwise.
+    Auto,
+    Fuse,
+    Watch,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Hydrate a project and keep it in sync until SIGTERM.
+    Serve {
+        #[arg(long)]
+        project: String,
+        /// Where the workspace appears (the FUSE mount point, or the watched
+        /// directory in watch mode). Emptied and hydrated at start.
+        #[arg(long)]
+        workspace: PathBuf,
+        /// FUSE mode: the local cache directory behind the mount.
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "auto")]
+        mode: Mode,
+        /// Writer epoch (from the controller); default: one more than any claimed.
+        #[arg(long)]
+        epoch: Option<u64>,
+        /// Control API address: host:port or unix:/path.
+        #[arg(long, default_value = "127.0.0.1:7081")]
+        api: String,
+        /// Disable kernel passthrough of reads and writes (for measurements).
+        #[arg(long)]
+        no_passthrough: bool,
+        /// Owner of hydrated files, UID:GID.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Create an empty project if it does not exist.
+        #[arg(long)]
+        create: bool,
+        /// Commit quiet period, milliseconds.
+        #[arg(long, default_value_t = 200)]
+        debounce_ms: u64,
+    },
+    /// Create a project: empty, from a directory, a template or another project.
+    Create {
+        #[arg(long)]
+        project: String,
+        #[arg(long, conflicts_with_all = ["template", "fork"])]
+        from_dir: Option<PathBuf>,
+        #[arg(long, conflicts_with = "fork")]
+        template: Option<String>,
+        #[arg(long)]
+        fork: Option<String>,
+    },
+    /// Import a directory as a template (replacing an older import).
+    ImportTemplate {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// List a project's commits, newest first.
+    History {
+        #[arg(long)]
+        project: String,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Write a project's files (at its head, or a commit EPOCH.SEQ) to a directory.
+    Export {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Delete a project's history from the store.
+    Delete {
+        #[arg(long)]
+        project: String,
+    },
+}
+
+/// Project and template names: safe in host names, keys and paths.
+fn check_id(kind: &str, id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 63
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-')
+        && !id.ends_with('-');
+    if !ok {
+        bail!("invalid {kind} id {id:?}: use 1-63 lowercase letters, digits and '-', not at either end");
+    }
+    Ok(())
+}
+
+fn parse_commit(s: &str) -> Result<CommitId> {
+    let (e, q) = s.split_once('.').context("commit must be EPOCH.SEQ")?;
+    Ok(CommitId {
+        epoch: e.parse().context("bad epoch")?,
+        seq: q.parse().context("bad seq")?,
+    })
+}
+
+async fn open_store(url: &Option<String>) -> Result<DynStore> {
+    let url = url
+        .as_deref()
+        .context("--store (or COVE_STORE) is required")?;
+    store::open_url(url)
+        .await
+        .with_context(|| format!("opening store {url}"))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,fuser=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let store = open_store(&cli.store).await?;
+    match cli.cmd {
+        Cmd::Serve {
+            project,
+            workspace,
+            cache,
+            mode,
+            epoch,
+            api,
+            no_passthrough,
+            owner,
+            create,
+            debounce_ms,
+        } => {
+            check_id("project", &project)?;
+            let owner = owner.map(|o| parse_owner(&o)).transpose()?;
+            let cfg = workspace::Config {
+                debounce: std::time::Duration::from_millis(debounce_ms),
+                ..Default::default()
+            };
+            serve(
+                store,
+                &project,
+                &workspace,
+                cache.as_deref(),
+                mode,
+                epoch,
+                &api,
+                !no_passthrough,
+                owner,
+                create,
+                cfg,
+            )
+            .await
+        }
+        Cmd::Create {
+            project,
+            from_dir,
+            template,
+            fork,
+        } => {
+            check_id("project", &project)?;
+            let j = Journal::new(store.clone(), keys::project_root(&project));
+            let t0 = Instant::now();
+            if let Some(dir) = from_dir {
+                let tree = tree_of_dir(&store, &dir).await?;
+                j.create_from_tree(&tree).await?;
+            } else if let Some(t) = template {
+                check_id("template", &t)?;
+                j.create_from(&Journal::new(store.clone(), keys::template_root(&t)))
+                    .await
+                    .with_context(|| format!("unknown template {t:?}?"))?;
+            } else if let Some(src) = fork {
+                check_id("project", &src)?;
+                j.create_from(&Journal::new(store.clone(), keys::project_root(&src)))
+                    .await?;
+            } else {
+                j.create_from_tree(&cove_sync::tree::Tree::new(true))
+                    .await?;
+            }
+            println!(
+                "created project {project} in {} ms",
+                t0.elapsed().as_millis()
+            );
+            Ok(())
+        }
+        Cmd::ImportTemplate { name, dir } => {
+            check_id("template", &name)?;
+            let j = Journal::new(store.clone(), keys::template_root(&name));
+            let tree = tree_of_dir(&store, &dir).await?;
+            j.delete_all().await?;
+            j.create_from_tree(&tree).await?;
+            println!("imported template {name}: {} entries", tree.len());
+            Ok(())
+        }
+        Cmd::History { project, limit } => {
+            check_id("project", &project)?;
+            let j = Journal::new(store, keys::project_root(&project));
+            for c in j.history(limit).await? {
+                println!("{}\t{}\t{}", c.id, c.time_ms, c.paths.join(" "));
+            }
+            Ok(())
+        }
+        Cmd::Export { project, out, at } => {
+            check_id("project", &project)?;
+            let j = Journal::new(store, keys::project_root(&project));
+            let at = at.map(|a| parse_commit(&a)).transpose()?;
+            std::fs::create_dir_all(&out)?;
+            let root = Arc::new(Root::open(&out)?);
+            let mut chain = j.chain().await?;
+            if let Some(at) = at {
+                chain = chain
+                    .cut(at)
+                    .with_context(|| format!("commit {at} is not in the history of {project}"))?;
+            }
+            let (tree, head) =
+                hydrate::hydrate(&j, &chain, root, None, Arc::new(Progress::default())).await?;
+            println!(
+                "exported {} entries at {head} to {}",
+                tree.len(),
+                out.display()
+            );
+            Ok(())
+        }
+        Cmd::Delete { project } => {
+            check_id("project", &project)?;
+            let n = Journal::new(store, keys::project_root(&project))
+                .delete_all()
+                .await?;
+            println!("deleted {n} objects");
+            Ok(())
+        }
+    }
+}
+
+fn parse_owner(s: &str) -> Result<Owner> {
+    let (u, g) = s.split_once(':').context("--owner takes UID:GID")?;
+    Ok(Owner {
+        uid: u.parse().context("bad uid")?,
+        gid: g.parse().context("bad gid")?,
+    })
+}
+
+async fn tree_of_dir(store: &DynStore, dir: &Path) -> Result<cove_sync::tree::Tree> {
+    let root = Root::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    let blobs = BlobSink::new(store.clone(), tokio::runtime::Handle::current());
+    Ok(tokio::task::spawn_blocking(move || snapshot::tree_from_dir(&root, &blobs)).await??)
+}
+
+fn fuse_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok()
+        && nix::unistd::geteuid().is_root()
+}
+
+/// A mount left by a killed sidecar answers ENOTCONN; detach it.
+fn clear_stale_mount(path: &Path) {
+    if let Err(e) = std::fs::metadata(path) {
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            tracing::warn!(path = %path.display(), "detaching a stale FUSE mount");
+            let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    store: DynStore,
+    project: &str,
+    workspace_dir: &Path,
+    cache: Option<&Path>,
+    mode: Mode,
+    epoch: Option<u64>,
+    api_addr: &str,
+    passthrough: bool,
+    owner: Option<Owner>,
+    create: bool,
+    cfg: workspace::Config,
+) -> Result<()> {
+    let journal = Journal::new(store.clone(), keys::project_root(project));
+    if !journal.exists().await? {
+        if create {
+            journal
+                .create_from_tree(&cove_sync::tree::Tree::new(true))
+                .await?;
+            tracing::info!(project, "created an empty project");
+        } else {
+            bail!("project {project} does not exist in {}", store.describe());
+        }
+    }
+    let fuse_mode = match mode {
+        Mode::Fuse => true,
+        Mode::Watch => false,
+        Mode::Auto => fuse_usable(),
+    };
+    clear_stale_mount(workspace_dir);
+    std::fs::create_dir_all(workspace_dir)
+        .with_context(|| format!("creating {}", workspace_dir.display()))?;
+    let tree_dir = if fuse_mode {
+        let c = cache.context("FUSE mode needs --cache DIR (the directory behind the mount)")?;
+        std::fs::create_dir_all(c)?;
+        c.to_path_buf()
+    } else {
+        workspace_dir.to_path_buf()
+    };
+    let root = Root::open(&tree_dir).with_context(|| format!("opening {}", tree_dir.display()))?;
+    let ws = Workspace::new(root, if fuse_mode { "fuse" } else { "watch" }, project, cfg);
+    let api_task = api::serve(ws.clone(), api_addr)
+        .await
+        .with_context(|| format!("binding the control API on {api_addr}"))?;
+    let committer = ws
+        .start(journal, epoch, owner)
+        .await
+        .context("starting the workspace")?;
+    let rt = tokio::runtime::Handle::current();
+    let mut session = None;
+    let mut watcher = None;
+    if fuse_mode {
+        let fcfg = fuse::FuseConfig {
+            passthrough,
+            ..Default::default()
+        };
+        session = Some(
+            fuse::mount(ws.clone(), workspace_dir, fcfg, rt.clone())
+                .with_context(|| format!("mounting FUSE at {}", workspace_dir.display()))?,
+        );
+        tracing::info!(mount = %workspace_dir.display(), cache = %tree_dir.display(), "workspace mounted");
+    } else {
+        watcher = Some(watch::start(ws.clone(), rt.clone()).context("starting the watcher")?);
+        ws.scan().await;
+        tracing::info!(dir = %workspace_dir.display(), "workspace watched");
+    }
+    println!("ready");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: flushing everything to the store");
+    let first = ws.flush(None).await;
+    if let Some(s) = session.take() {
+        // Unmount (lazily if something still holds it) so nothing new lands.
+        let _ = nix::mount::umount2(workspace_dir, nix::mount::MntFlags::MNT_DETACH);
+        drop(s);
+    }
+    drop(watcher);
+    let last = ws.shutdown().await;
+    let _ = committer.await;
+    api_task.abort();
+    match (first, last) {
+        (_, Ok(c)) => {
+            tracing::info!(commit = %c, "all changes are in the store");
+            Ok(())
+        }
+        (_, Err(e)) => bail!("final flush failed: {e}"),
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,220 @@
+//! A directory as an object store: key `a/b/c` is the file `<root>/a/b/c`.
+//!
+//! Writes go to a temporary file, are fsync'd and renamed into place (and the
+//! parent directory fsync'd), so an object is either whole or absent after a
+//! crash: the same atomicity S3 gives a PUT. `put_if_absent` uses link(2),
+//! which fails atomically when the name exists, so this store really does
+//! conditional creation.
+
+use super::{check_key, ObjectStore, StoreError, StoreResult};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+const TMP_DIR: &str = ".tmp";
+
+#[derive(Debug, Clone)]
+pub struct DirStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    counter: AtomicU64,
+}
+
+impl DirStore {
+    /// Open (creating if needed) a store rooted at `root`.
+    pub fn open(root: impl AsRef<Path>) -> StoreResult<Self> {
+        let root = root.as_ref().to_path_buf();
+        let tmp = root.join(TMP_DIR);
+        fs::create_dir_all(&tmp).map_err(|source| StoreError::Io {
+            key: root.display().to_string(),
+            source,
+        })?;
+        // Leftovers of a crash mid-put are garbage: nothing refers to them.
+        if let Ok(entries) = fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                root,
+                counter: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    fn path(&self, key: &str) -> StoreResult<PathBuf> {
+        check_key(key)?;
+        if key == TMP_DIR || key.starts_with(".tmp/") {
+            return Err(StoreError::InvalidKey {
+                key: key.to_owned(),
+                reason: "reserved prefix .tmp",
+            });
+        }
+        Ok(self.inner.root.join(key))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        key: &str,
+        f: impl FnOnce(&Inner) -> io::Result<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let inner = self.inner.clone();
+        let k = key.to_owned();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Other(format!("store task failed: {e}")))?
+            .map_err(|source| StoreError::Io { key: k, source })
+    }
+}
+
+impl Inner {
+    /// Write `body` to a fresh fsync'd temporary file and return its path.
+    fn stage(&self, body: &[u8]) -> io::Result<PathBuf> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .root
+            .join(TMP_DIR)
+            .join(format!("{}-{n}", std::process::id()));
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(body)?;
+        f.sync_all()?;
+        Ok(tmp)
+    }
+
+    fn sync_parent(path: &Path) -> io::Result<()> {
+        if let Some(parent) = path.parent() {
+            fs::File::open(parent)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn ensure_parent(path: &Path) -> io::Result<()> {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ObjectStore for DirStore {
+    async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
+        let path = self.path(key)?;
+        self.blocking(key, move |_| match fs::read(&path) {
+            Ok(b) => Ok(Some(Bytes::from(b))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            // A "directory" key (a prefix) is not an object.
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await
+    }
+
+    async fn put(&self, key: &str, body: Bytes) -> StoreResult<()> {
+        let path = self.path(key)?;
+        self.blocking(key, move |inner| {
+            Inner::ensure_parent(&path)?;
+            let tmp = inner.stage(&body)?;
+            fs::rename(&tmp, &path)?;
+            Inner::sync_parent(&path)
+        })
+        .await
+    }
+
+    async fn put_if_absent(&self, key: &str, body: Bytes) -> StoreResult<bool> {
+        let path = self.path(key)?;
+        self.blocking(key, move |inner| {
+            Inner::ensure_parent(&path)?;
+            let tmp = inner.stage(&body)?;
+            let res = fs::hard_link(&tmp, &path);
+            let _ = fs::remove_file(&tmp);
+            match res {
+                Ok(()) => Inner::sync_parent(&path).map(|_| true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    async fn exists(&self, key: &str) -> StoreResult<bool> {
+        let path = self.path(key)?;
+        self.blocking(key, move |_| match fs::metadata(&path) {
+            Ok(m) => Ok(m.is_file()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str, start_after: Option<&str>) -> StoreResult<Vec<String>> {
+        // Walk only the deepest directory the prefix fully names.
+        let dir_part = match prefix.rfind('/') {
+            Some(i) => &prefix[..i],
+            None => "",
+        };
+        if !dir_part.is_empty() {
+            check_key(dir_part)?;
+        }
+        let prefix = prefix.to_owned();
+        let start_after = start_after.map(str::to_owned);
+        let dir_part = dir_part.to_owned();
+        self.blocking(&prefix.clone(), move |inner| {
+            let base = inner.root.join(&dir_part);
+            let mut out = Vec::new();
+            if !base.is_dir() {
+                return Ok(out);
+            }
+            for entry in walkdir::WalkDir::new(&base).follow_links(false) {
+                let entry = entry.map_err(io::Error::other)?;
+                if !entry.file_type().is_file() {
+                    continue;
+                }
+                let rel = match entry.path().strip_prefix(&inner.root) {
+                    Ok(r) => r,
+                    Err(_) => continue,
+                };
+                let Some(key) = rel.to_str() else { continue };
+                if key.starts_with(".tmp/") || !key.starts_with(prefix.as_str()) {
+                    continue;
+                }
+                if let Some(sa) = &start_after {
+                    if key <= sa.as_str() {
+                        continue;
+                    }
+                }
+                out.push(key.to_owned());
+            }
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        let path = self.path(key)?;
+        self.blocking(key, move |_| match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        })
+        .await
+    }
+
+    fn describe(&self) -> String {
+        format!("dir:{}", self.inner.root.display())
+    }
+}
