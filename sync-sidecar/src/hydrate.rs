@@ -27,6 +27,10 @@ pub struct Progress {
     pub done: AtomicU64,
     pub bytes: AtomicU64,
     pub finished: AtomicBool,
+    /// Files whose content could not be restored (a chunk missing or
+    /// corrupt in the store), with the reason. They keep their size, with
+    /// zeros where data is missing, and are not committed unless edited.
+    pub damaged: parking_lot::Mutex<Vec<String>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -35,6 +39,7 @@ pub struct ProgressView {
     pub done: u64,
     pub bytes: u64,
     pub finished: bool,
+    pub damaged: Vec<String>,
 }
 
 impl Progress {
@@ -44,6 +49,7 @@ impl Progress {
             done: self.done.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             finished: self.finished.load(Ordering::Relaxed),
+            damaged: self.damaged.lock().clone(),
         }
     }
 }
@@ -335,19 +341,25 @@ async fn fill_chunks(
             let root = root.clone();
             async move {
                 let key = crate::format::keys::blob(&c.hash);
-                let body =
-                    journal
-                        .store()
-                        .get(&key)
-                        .await?
-                        .ok_or_else(|| JournalError::Missing {
-                            key: format!("{key} (chunk of {path})"),
-                        })?;
-                if body.len() as u64 != c.len || crate::snapshot::hash_hex(&body) != c.hash {
-                    return Err(JournalError::Other(format!(
-                        "{key} (chunk of {path}) is corrupt"
-                    )));
-                }
+                let body = match journal.store().get(&key).await? {
+                    Some(b)
+                        if b.len() as u64 == c.len && crate::snapshot::hash_hex(&b) == c.hash =>
+                    {
+                        b
+                    }
+                    found => {
+                        // One bad blob damages one file, not the workspace.
+                        let why = if found.is_some() {
+                            "is corrupt"
+                        } else {
+                            "is missing"
+                        };
+                        let msg = format!("{path}: chunk {key} {why}");
+                        tracing::error!("{msg}");
+                        progress.damaged.lock().push(msg);
+                        return Ok(());
+                    }
+                };
                 progress.bytes.fetch_add(c.len, Ordering::Relaxed);
                 tokio::task::spawn_blocking(move || -> JResult<()> {
                     let f = root

@@ -618,11 +618,27 @@ impl Workspace {
             let force_all = st.shutdown || st.waiters.iter().any(|w| w.all);
             let forced: HashSet<&String> = st.waiters.iter().flat_map(|w| w.need.keys()).collect();
             let writing: HashSet<&String> = st.writers.values().collect();
+            // Paths are compared with the committed tree as it will be once
+            // this batch's renames are applied.
+            let renamed;
+            let base = if st.renames.is_empty() {
+                &st.index
+            } else {
+                let mut t = st.index.clone();
+                for (from, to) in &st.renames {
+                    let _ = t.apply(&Op::Rename {
+                        from: from.clone(),
+                        to: to.clone(),
+                    });
+                }
+                renamed = t;
+                &renamed
+            };
             let mut items: Vec<(String, u64, Option<crate::tree::Node>)> = st
                 .dirty
                 .iter()
                 .filter(|(p, _)| force_all || forced.contains(p) || !writing.contains(p))
-                .map(|(p, g)| (p.clone(), *g, st.index.get(p).cloned()))
+                .map(|(p, g)| (p.clone(), *g, base.get(p).cloned()))
                 .collect();
             items.sort_by(|a, b| a.0.cmp(&b.0));
             let renames = std::mem::take(&mut st.renames);

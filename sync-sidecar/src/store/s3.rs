@@ -7,6 +7,7 @@
 
 use super::{check_key, ObjectStore, StoreError, StoreResult};
 use async_trait::async_trait;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -127,15 +128,11 @@ impl S3Store {
 }
 
 /// One place where S3 errors become store errors.
-fn map_err<E, R>(what: &str, err: SdkError<E, R>) -> StoreError
+fn map_err<E>(what: &str, err: SdkError<E, HttpResponse>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
 {
-    let status = match &err {
-        SdkError::ServiceError(se) => Some(format!("{:?}", se.raw())),
-        _ => None,
-    };
+    let status = status_of(&err);
     match &err {
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
             StoreError::Unavailable(format!("{what}: {}", err_chain(&err)))
@@ -143,18 +140,24 @@ where
         SdkError::ServiceError(se) => {
             let code = se.err().code().unwrap_or("");
             let msg = se.err().message().unwrap_or("");
-            match code {
-                "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "Forbidden" => {
-                    StoreError::AccessDenied(format!("{what}: {code} {msg}"))
+            match (code, status) {
+                (
+                    "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "Forbidden",
+                    _,
+                )
+                | (_, Some(401 | 403)) => StoreError::AccessDenied(format!(
+                    "{what}: HTTP {} {code} {msg}",
+                    status.unwrap_or(0)
+                )),
+                ("NoSuchBucket", _) | (_, Some(404)) => {
+                    StoreError::Other(format!("{what}: no such bucket or key (HTTP 404)"))
                 }
-                "NoSuchBucket" => StoreError::Other(format!("{what}: no such bucket")),
-                _ if status.as_deref().is_some_and(|s| s.contains("status: 403")) => {
-                    StoreError::AccessDenied(format!("{what}: HTTP 403 {code} {msg}"))
+                (_, Some(s)) if s >= 500 => {
+                    StoreError::Unavailable(format!("{what}: HTTP {s} {code} {msg}"))
                 }
-                _ if status.as_deref().is_some_and(|s| s.contains("status: 5")) => {
-                    StoreError::Unavailable(format!("{what}: {code} {msg}"))
+                _ => {
+                    StoreError::Other(format!("{what}: HTTP {} {code} {msg}", status.unwrap_or(0)))
                 }
-                _ => StoreError::Other(format!("{what}: {code} {msg}")),
             }
         }
         _ => StoreError::Other(format!("{what}: {}", err_chain(&err))),
@@ -172,23 +175,11 @@ fn err_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn status_of<E, R>(err: &SdkError<E, R>) -> Option<u16>
-where
-    R: HasStatus,
-{
+fn status_of<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
     match err {
-        SdkError::ServiceError(se) => Some(se.raw().status_code()),
+        SdkError::ServiceError(se) => Some(se.raw().status().as_u16()),
+        SdkError::ResponseError(re) => Some(re.raw().status().as_u16()),
         _ => None,
-    }
-}
-
-trait HasStatus {
-    fn status_code(&self) -> u16;
-}
-
-impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
-    fn status_code(&self) -> u16 {
-        self.status().as_u16()
     }
 }
 
