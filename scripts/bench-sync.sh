@@ -131,9 +131,31 @@ cleanup() {
   fi
   exit "$rc"
 }
+# Long foreground steps run as a waited-for background child, so that a signal to this
+# script is handled at once (bash runs traps only between commands, but it interrupts wait).
+FG_PID=
+fgrun() {
+  local rc=0
+  "$@" &
+  FG_PID=$!
+  wait "$FG_PID" || rc=$?
+  FG_PID=
+  return "$rc"
+}
+capture() { # capture VAR CMD...: fgrun CMD, its stdout into VAR
+  local __var=$1 rc=0
+  shift
+  fgrun "$@" >"$WORK/fg.out" || rc=$?
+  printf -v "$__var" '%s' "$(<"$WORK/fg.out")"
+  return "$rc"
+}
+on_signal() {
+  if [[ -n $FG_PID ]]; then kill -TERM "$FG_PID" 2>/dev/null || true; fi
+  exit "$1"
+}
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'on_signal 130' INT
+trap 'on_signal 143' TERM
 
 # ---------------------------------------------------------------- helpers
 now() { echo "$EPOCHREALTIME"; }
@@ -314,7 +336,7 @@ else
     say "building the reference tree once with $NM_SCRIPT (npm ci) into $BENCH_CACHE/nm"
     rm -rf "$BENCH_CACHE/nm.tmp"
     mkdir -p "$BENCH_CACHE"
-    bash "$NM_SCRIPT" "$BENCH_CACHE/nm.tmp"
+    fgrun bash "$NM_SCRIPT" "$BENCH_CACHE/nm.tmp"
     rm -rf "$BENCH_CACHE/nm" && mv "$BENCH_CACHE/nm.tmp" "$BENCH_CACHE/nm"
   fi
 fi
@@ -354,7 +376,7 @@ extract() {
   local name=$1 dir=$2 limit=$3 t0 t1 rc=0 nerr
   say "$name: tar xf $(basename "$TAR") into $dir"
   t0=$(now)
-  (cd "$dir" && timeout "$limit" tar xf "$TAR") 2>"$WORK/$name.tar.err" || rc=$?
+  fgrun timeout "$limit" tar xf "$TAR" -C "$dir" 2>"$WORK/$name.tar.err" || rc=$?
   t1=$(now)
   R[$name.t0]=$t0
   if ((rc == 124)); then
@@ -374,7 +396,7 @@ extract() {
 scan() {
   local name=$1 dir=$2 limit=$3 out secs files dirs links bytes
   say "$name: lstat everything"
-  if ! out=$(timeout "$limit" python3 "$PY" stat "$dir"); then
+  if ! capture out timeout "$limit" python3 "$PY" stat "$dir"; then
     R[$name.stat]="did not finish in ${limit} s"
     info "${R[$name.stat]}"
     return 1
@@ -383,7 +405,7 @@ scan() {
   R[$name.stat]=$secs
   info "stat: $secs s ($files files, $dirs dirs, $links symlinks)"
   say "$name: read every file"
-  if ! out=$(timeout "$limit" python3 "$PY" read "$dir"); then
+  if ! capture out timeout "$limit" python3 "$PY" read "$dir"; then
     R[$name.read]="did not finish in ${limit} s"
     info "${R[$name.read]}"
     return 1
@@ -419,7 +441,7 @@ cove_start() {
   local pid=$!
   PIDS+=("$pid")
   R[$name.pid]=$pid
-  if ! out=$(python3 "$PY" waitready "$port" "$t0" "$BENCH_TIMEOUT" "$pid"); then
+  if ! capture out python3 "$PY" waitready "$port" "$t0" "$BENCH_TIMEOUT" "$pid"; then
     tail -20 "$WORK/$name.log" >&2
     die "$name: cove-sync did not become ready"
   fi
@@ -432,7 +454,7 @@ cove_start() {
 cove_flush() { # cove_flush NAME PORT LIMIT: POST /flush; sets R[NAME.durable] from R[NAME.t0]
   local name=$1 port=$2 limit=$3 out
   say "$name: POST /flush (waits until everything is in the store)"
-  if out=$(curl -sS --max-time "$limit" -XPOST "http://127.0.0.1:$port/flush") && [[ $out == *'"durable":true'* ]]; then
+  if capture out curl -sS --max-time "$limit" -XPOST "http://127.0.0.1:$port/flush" && [[ $out == *'"durable":true'* ]]; then
     R[$name.durable]=$(sub "${R[$name.t0]}" "$(now)")
     info "durable ${R[$name.durable]} s after the extraction started ($out)"
   else
@@ -491,7 +513,8 @@ cove_stop cove
 cove_start cold "bench-pt" "$((PORT_BASE + 1))"
 R[cold.files]=$(curl -s "http://127.0.0.1:$((PORT_BASE + 1))/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["files"])')
 say "cold: first full read through the freshly hydrated mount"
-read -r "R[cold.read]" "R[cold.read_files]" "R[cold.read_bytes]" <<<"$(python3 "$PY" read "$WORK/cold/mnt")"
+capture out timeout "$BENCH_TIMEOUT" python3 "$PY" read "$WORK/cold/mnt"
+read -r "R[cold.read]" "R[cold.read_files]" "R[cold.read_bytes]" <<<"$out"
 info "read ${R[cold.read_files]} files, ${R[cold.read_bytes]} bytes in ${R[cold.read]} s"
 [[ ${R[cold.read_files]} == "${R[raw.files]}" && ${R[cold.read_bytes]} == "${R[raw.bytes]}" ]] ||
   R[cold.note]+="hydrated tree reads back ${R[cold.read_files]} files / ${R[cold.read_bytes]} bytes, expected ${R[raw.files]} / ${R[raw.bytes]}. "
@@ -499,7 +522,7 @@ R[cold.rss_after_read]=$(rss_kb "${R[cold.pid]}")
 
 say "checking the store: cove-sync export of bench-pt vs the plain directory"
 mkdir -p "$WORK/export"
-"${cove_env[@]}" "$BIN" --store "$COVE_STORE" export --project bench-pt --out "$WORK/export" 2>>"$WORK/export.log" | tee "$WORK/export.out"
+fgrun "${cove_env[@]}" "$BIN" --store "$COVE_STORE" export --project bench-pt --out "$WORK/export" 2>"$WORK/export.log"
 if diff -r --no-dereference "$WORK/raw" "$WORK/export" >"$WORK/export.diff" 2>&1; then
   R[export]="identical to the plain directory"
 else
@@ -511,7 +534,7 @@ info "export: ${R[export]}"
 save_run() { # save_run KEY DIR PORT MODE
   local out
   say "save latency: $1 ($BENCH_SAVES rounds)"
-  if out=$(timeout "$BENCH_TIMEOUT" python3 "$PY" saves "$2" "$3" "$BENCH_SAVES" "$4"); then
+  if capture out timeout "$BENCH_TIMEOUT" python3 "$PY" saves "$2" "$3" "$BENCH_SAVES" "$4"; then
     read -r "R[$1.p50]" "R[$1.p99]" "R[$1.max]" "R[$1.n]" <<<"$out"
     info "p50 ${R[$1.p50]} ms, p99 ${R[$1.p99]} ms, max ${R[$1.max]} ms"
   else
@@ -562,7 +585,7 @@ if [[ $BENCH_ANCHORS == 1 ]]; then
   gcpu0=$(cpu_s "$GARAGE_PID")
   if extract $name "$WORK/$name/mnt" "$(remaining "$deadline")"; then
     say "$name: waiting until rclone's upload queue is empty (vfs/stats), then counting objects"
-    if out=$(python3 "$PY" rcwait "$RC_PORT" "$(remaining "$deadline")"); then
+    if capture out python3 "$PY" rcwait "$RC_PORT" "$(remaining "$deadline")"; then
       read -r t_done errored <<<"$out"
       n=$(object_count "$PREFIX/rclone")
       while ((n < ${R[raw.files]})) && [[ $(remaining "$deadline") -gt 1 ]]; do
@@ -594,7 +617,7 @@ if [[ $BENCH_ANCHORS == 1 ]]; then
     rclone_start $name "$PREFIX/rclone" "$((RC_PORT + 1))"
     say "$name: first full read through a fresh rclone mount (empty VFS cache)"
     t0=$(now)
-    if out=$(timeout "$BENCH_TIMEOUT" python3 "$PY" read "$WORK/$name/mnt"); then
+    if capture out timeout "$BENCH_TIMEOUT" python3 "$PY" read "$WORK/$name/mnt"; then
       read -r secs files bytes <<<"$out"
       R[$name.read]=$(sub "$t0" "$(now)")
       R[$name.files]=$files

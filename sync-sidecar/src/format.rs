@@ -292,7 +292,9 @@ impl<R: Read> RecordReader<R> {
     }
 
     /// The next record, or `None` at a clean end of the stream.
-    pub fn next<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, FormatError> {
+    pub fn read_record<T: serde::de::DeserializeOwned>(
+        &mut self,
+    ) -> Result<Option<T>, FormatError> {
         let mut len = [0u8; 4];
         match read_full(&mut self.dec, &mut len) {
             Ok(0) => return Ok(None),
@@ -315,7 +317,7 @@ impl<R: Read> RecordReader<R> {
 
     /// The next record, which must exist.
     pub fn expect<T: serde::de::DeserializeOwned>(&mut self, what: &str) -> Result<T, FormatError> {
-        self.next()?
+        self.read_record()?
             .ok_or_else(|| corrupt(&self.key, format!("missing {what}")))
     }
 
@@ -363,7 +365,7 @@ pub fn decode_segment(key: &str, bytes: &[u8]) -> Result<Segment, FormatError> {
         });
     }
     let mut ops = Vec::with_capacity(header.ops.min(1 << 16) as usize);
-    while let Some(op) = r.next::<Op>()? {
+    while let Some(op) = r.read_record::<Op>()? {
         op.validate()?;
         ops.push(op);
     }

@@ -793,7 +793,7 @@ impl fuser::Filesystem for CoveFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -805,6 +805,13 @@ impl fuser::Filesystem for CoveFs {
             if let Handle::File(f) = &*h.lock() {
                 if let Some(w) = f.writer {
                     self.ws.close_writer(w);
+                    // Other names of a hard-linked file changed too.
+                    for p in self.paths_of(ino).iter().skip(1) {
+                        self.ws.mark_dirty(p);
+                    }
+                    if let Some(p) = self.paths_of(ino).first() {
+                        self.ws.emit(p, ChangeKind::Modify, None);
+                    }
                 }
             }
         }

@@ -248,7 +248,7 @@ pub async fn hydrate(
             let (header, mut rd) = open_checkpoint(&key, &bytes[..])?;
             p.total
                 .fetch_add(header.entries + tail_len, Ordering::Relaxed);
-            while let Some(op) = rd.next::<Op>()? {
+            while let Some(op) = rd.read_record::<Op>()? {
                 materialize(&r, &mut index, &op, owner)?;
                 p.done.fetch_add(1, Ordering::Relaxed);
             }

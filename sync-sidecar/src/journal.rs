@@ -350,7 +350,7 @@ impl Journal {
             let (key, bytes) = self.read_checkpoint(c).await?;
             tree = tokio::task::spawn_blocking(move || -> JResult<Tree> {
                 let (_, mut r) = open_checkpoint(&key, &bytes[..])?;
-                while let Some(op) = r.next::<Op>()? {
+                while let Some(op) = r.read_record::<Op>()? {
                     tree.apply(&op)?;
                 }
                 Ok(tree)

@@ -374,6 +374,8 @@ async fn serve(
 
     wait_for_signal().await;
     tracing::info!("shutting down: flushing everything to the store");
+    // A last reconciliation catches what no event named (hard links).
+    ws.scan().await;
     let first = ws.flush(None).await;
     if let Some(s) = session.take() {
         // Unmount (lazily if something still holds it) so nothing new lands.

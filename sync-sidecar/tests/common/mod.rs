@@ -2,6 +2,8 @@
 //! command started one), random names, and a running `cove-sync` process.
 #![allow(dead_code)]
 
+pub mod sidecar;
+
 use cove_sync::store::{DirStore, DynStore, S3Config, S3Store};
 use std::sync::Arc;
 

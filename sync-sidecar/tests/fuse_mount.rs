@@ -1,0 +1,522 @@
+//! The sidecar as a process over a real FUSE mount (and in watch mode),
+//! against the directory store and Garage: POSIX semantics developer tools
+//! rely on, the durability contract under SIGKILL, and a differential test
+//! of random operation sequences against a plain directory.
+
+mod common;
+
+use common::sidecar::{assert_same, export, snapshot, stores, wait_until, Entry, Sidecar, Store};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
+
+fn fuse_available() -> bool {
+    let ok = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok()
+        && nix::unistd::geteuid().is_root();
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must run the FUSE tests (root and /dev/fuse)"
+        );
+        eprintln!("no usable /dev/fuse: skipping");
+    }
+    ok
+}
+
+/// A developer's day in miniature: every pattern below is one that a real
+/// tool uses (editors, git, compilers, package managers, shells).
+fn developer_session(root: &Path) {
+    let p = |r: &str| root.join(r);
+    fs::create_dir_all(p("src/nested/deep")).unwrap();
+    fs::write(p("src/main.rs"), "fn main() {}\n").unwrap();
+    fs::write(p("src/nested/deep/mod.rs"), "// deep\n").unwrap();
+    fs::write(p("name with spaces.txt"), "spaces").unwrap();
+    fs::write(p("ünïcödé 🦀.md"), "# unicode").unwrap();
+    fs::write(p("new\nline"), "newline in the name").unwrap();
+    let long: String = (0..12)
+        .map(|i| format!("{}{i}/", "d".repeat(200)))
+        .collect();
+    fs::create_dir_all(p(&long)).unwrap();
+    fs::write(p(&format!("{long}file.txt")), "far away").unwrap();
+    fs::write(p("empty"), "").unwrap();
+    fs::write(p("run.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(p("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("src/main.rs", p("link-to-main")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", p("absolute-link")).unwrap();
+    fs::hard_link(p("src/main.rs"), p("hardlink.rs")).unwrap();
+    // Append, like a log.
+    for i in 0..3 {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p("log.txt"))
+            .unwrap();
+        writeln!(f, "line {i}").unwrap();
+    }
+    // Write at an offset past the end (a hole), and truncate.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(p("offset.bin"))
+            .unwrap();
+        f.write_all_at(b"XY", 100).unwrap();
+        fs::write(p("trunc.txt"), vec![b'a'; 1000]).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(p("trunc.txt"))
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+    }
+    // An editor's atomic save: write a temp file, rename it over.
+    fs::write(
+        p("src/.main.rs.swp"),
+        "fn main() { println!(\"saved\"); }\n",
+    )
+    .unwrap();
+    fs::rename(p("src/.main.rs.swp"), p("src/main.rs")).unwrap();
+    // git's lock-file protocol.
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(p("index.lock"))
+            .unwrap();
+        f.write_all(b"git index v2").unwrap();
+        assert!(OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(p("index.lock"))
+            .is_err());
+    }
+    fs::rename(p("index.lock"), p("index")).unwrap();
+    // In-place rewrite of a hard-linked file changes both names.
+    fs::write(p("hardlink.rs"), "rewritten in place\n").unwrap();
+    // Directory rename, rmdir, unlink, chmod, an explicit mtime.
+    fs::rename(p("src/nested"), p("src/moved")).unwrap();
+    fs::create_dir(p("gone")).unwrap();
+    fs::remove_dir(p("gone")).unwrap();
+    fs::write(p("tmp"), "temporary").unwrap();
+    fs::remove_file(p("tmp")).unwrap();
+    fs::set_permissions(p("name with spaces.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    let t = UNIX_EPOCH + Duration::new(1_600_000_000, 123_456_789);
+    fs::File::options()
+        .write(true)
+        .open(p("empty"))
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+    // A file above the inline limit (stored as chunks).
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(p("big.bin"), &big).unwrap();
+    // Read-only directory with content.
+    fs::create_dir(p("ro")).unwrap();
+    fs::write(p("ro/kept"), "inside a read-only dir").unwrap();
+    fs::set_permissions(p("ro"), fs::Permissions::from_mode(0o555)).unwrap();
+}
+
+fn without_mtimes(
+    s: &std::collections::BTreeMap<String, Entry>,
+) -> std::collections::BTreeMap<String, Entry> {
+    s.iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Entry::File { mode, content, .. } => Entry::File {
+                    mode: *mode,
+                    mtime: 0,
+                    content: content.clone(),
+                },
+                o => o.clone(),
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+#[test]
+fn posix_semantics_round_trip_through_the_store() {
+    if !fuse_available() {
+        return;
+    }
+    for (store, _g) in stores() {
+        let project = common::unique("posix");
+        let sc = Sidecar::start(&store, &project, "fuse", &[]);
+        developer_session(&sc.mount);
+        let plain = tempfile::tempdir().unwrap();
+        developer_session(plain.path());
+        let mounted = snapshot(&sc.mount);
+        assert_same(
+            &format!("[{}] mount vs plain directory", store.name),
+            &without_mtimes(&mounted),
+            &without_mtimes(&snapshot(plain.path())),
+        );
+        // statfs works (df, package managers check free space).
+        nix::sys::statvfs::statvfs(&sc.mount).unwrap();
+        sc.terminate();
+
+        // Everything, mtimes included, comes back from the store.
+        let out = export(&store, &project);
+        assert_same(
+            &format!("[{}] store vs mount", store.name),
+            &snapshot(out.path()),
+            &mounted,
+        );
+
+        // And a new workspace hydrates the same tree.
+        let sc2 = Sidecar::start(&store, &project, "fuse", &[]);
+        assert_same(
+            &format!("[{}] rehydrated", store.name),
+            &snapshot(&sc2.mount),
+            &mounted,
+        );
+        sc2.terminate();
+    }
+}
+
+/// Self-verifying content: a file carries its own name, version and length.
+fn versioned(name: &str, v: u32, len: usize) -> Vec<u8> {
+    let head = format!("{name} v{v} len {len}\n");
+    let mut b = head.clone().into_bytes();
+    while b.len() < len {
+        b.extend_from_slice(format!("{v:08}").as_bytes());
+    }
+    b.truncate(len);
+    b
+}
+
+fn version_of(name: &str, b: &[u8]) -> Option<u32> {
+    let s = String::from_utf8_lossy(&b[..b.len().min(80)]);
+    let line = s.lines().next()?;
+    let mut it = line.split(' ');
+    let (n, v, _, len) = (it.next()?, it.next()?, it.next()?, it.next()?);
+    let v: u32 = v.strip_prefix('v')?.parse().ok()?;
+    let len: usize = len.parse().ok()?;
+    (n == name && b == versioned(name, v, len).as_slice()).then_some(v)
+}
+
+#[test]
+fn fsync_is_durable_and_nothing_is_torn_after_sigkill() {
+    if !fuse_available() {
+        return;
+    }
+    for (store, _g) in stores() {
+        let project = common::unique("crash");
+        for round in 0..3u32 {
+            let sc = Sidecar::start(&store, &project, "fuse", &[]);
+            // Hydration gave back every file a previous round fsync'd.
+            for r in 0..round {
+                let b = fs::read(sc.path(&format!("fsynced-{r}"))).unwrap_or_default();
+                assert_eq!(
+                    version_of(&format!("fsynced-{r}"), &b),
+                    Some(r),
+                    "[{}] round {round}",
+                    store.name
+                );
+            }
+            // A writer rewrites two files (one small, one chunked) as fast as it can...
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let writer = {
+                let (m, stop) = (sc.mount.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut v = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        v += 1;
+                        for (name, len) in [("small", 3000), ("large", 200_000)] {
+                            let _ = fs::write(m.join(name), versioned(name, v, len));
+                        }
+                    }
+                })
+            };
+            // ...while another fsyncs a file and we kill everything right after.
+            std::thread::sleep(Duration::from_millis(150 + 100 * round as u64));
+            let name = format!("fsynced-{round}");
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o644)
+                .open(sc.path(&name))
+                .unwrap();
+            f.write_all(&versioned(&name, round, 5000)).unwrap();
+            f.sync_all().unwrap();
+            sc.kill();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = writer.join();
+
+            let out = export(&store, &project);
+            let b = fs::read(out.path().join(&name)).expect("fsync'd file lost");
+            assert_eq!(
+                version_of(&name, &b),
+                Some(round),
+                "[{}] fsync'd content",
+                store.name
+            );
+            for n in ["small", "large"] {
+                if let Ok(b) = fs::read(out.path().join(n)) {
+                    assert!(
+                        version_of(n, &b).is_some(),
+                        "[{}] {n} is torn ({} bytes)",
+                        store.name,
+                        b.len()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_control_api_reports_and_flushes() {
+    if !fuse_available() {
+        return;
+    }
+    let (store, _g) = stores().remove(0);
+    let sc = Sidecar::start(&store, "api-test", "fuse", &[]);
+    let (code, body) = sc.get("/readyz");
+    assert_eq!(code, 200, "{body}");
+    fs::write(sc.path("x.txt"), "x").unwrap();
+    let (code, body) = sc.flush(r#"{"paths":["x.txt"]}"#);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"durable\":true"), "{body}");
+    // close(2) returns before the kernel's asynchronous RELEASE reaches the
+    // sidecar, which then re-checks the file: wait for that to settle.
+    wait_until("status to settle", Duration::from_secs(10), || {
+        sc.get("/status").1.contains("\"pending\":false")
+    });
+    let (_, status) = sc.get("/status");
+    for field in [
+        "\"mode\":\"fuse\"",
+        "\"hydrated\":true",
+        "\"pending\":false",
+        "\"healthy\":true",
+    ] {
+        assert!(status.contains(field), "{field} missing in {status}");
+    }
+    let (code, body) = sc.flush(r#"{"paths":["../etc"]}"#);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("bad_path"));
+    let (code, _) = sc.flush("{not json");
+    assert_eq!(code, 400);
+    let (code, _) = sc.get("/nope");
+    assert_eq!(code, 404);
+    let (code, m) = sc.get("/metrics");
+    assert_eq!(code, 200);
+    assert!(m.contains("cove_sync_commits_total"), "{m}");
+    sc.terminate();
+}
+
+#[test]
+fn watch_mode_round_trips_and_catches_what_events_miss() {
+    let (store, _g) = stores().remove(0);
+    let sc = Sidecar::start(&store, "watch-test", "watch", &[]);
+    developer_session(&sc.mount);
+    let before = snapshot(&sc.mount);
+    let (code, body) = sc.flush("");
+    assert_eq!(code, 200, "{body}");
+    sc.terminate();
+    let out = export(&store, "watch-test");
+    assert_same(
+        "watch mode: store vs directory",
+        &snapshot(out.path()),
+        &before,
+    );
+}
+
+#[test]
+fn bad_starts_fail_clearly() {
+    let (store, _g) = stores().remove(0);
+    // Unknown project without --create.
+    let o = common::sidecar::cmd(&store)
+        .args([
+            "serve",
+            "--project",
+            "does-not-exist",
+            "--workspace",
+            "/tmp/cove-nope",
+            "--mode",
+            "watch",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("does not exist"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Bad project ids.
+    for bad in ["../x", "UPPER", "a b", "-x", ""] {
+        let o = common::sidecar::cmd(&store)
+            .arg("history")
+            .arg(format!("--project={bad}"))
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{bad:?} accepted");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("invalid project id"),
+            "{bad:?}"
+        );
+    }
+    // Unknown template.
+    let o = common::sidecar::cmd(&store)
+        .args(["create", "--project", "p", "--template", "no-such-template"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no-such-template"));
+    // Wrong S3 credentials: a clear error at start, not later.
+    if let Some(mut cfg) = common::s3_config() {
+        cfg.secret_key = Some("wrong".into());
+        let (url, env) = common::s3_env(&cfg);
+        let s = Store {
+            url,
+            env,
+            name: "s3",
+        };
+        let o = common::sidecar::cmd(&s)
+            .args(["history", "--project", "p"])
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("access denied") && err.contains("credentials"),
+            "{err}"
+        );
+    }
+}
+
+mod differential {
+    //! Random operation sequences applied to a plain directory and to the
+    //! mount must give the same results and the same tree; the store must
+    //! then hold exactly the mount's tree.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum FsOp {
+        Write(usize, u8, usize),
+        Append(usize, u8),
+        Truncate(usize, usize),
+        Mkdir(usize),
+        Rmdir(usize),
+        Unlink(usize),
+        Rename(usize, usize),
+        Symlink(usize, usize),
+        Chmod(usize, u32),
+        Link(usize, usize),
+    }
+
+    const PATHS: &[&str] = &["a", "b", "d", "d/a", "d/b", "d/e", "d/e/a", "f", "f/a"];
+
+    fn op() -> impl Strategy<Value = FsOp> {
+        let p = 0..PATHS.len();
+        prop_oneof![
+            4 => (p.clone(), any::<u8>(), 0usize..70_000).prop_map(|(a, b, c)| FsOp::Write(a, b, c)),
+            2 => (p.clone(), any::<u8>()).prop_map(|(a, b)| FsOp::Append(a, b)),
+            1 => (p.clone(), 0usize..100).prop_map(|(a, b)| FsOp::Truncate(a, b)),
+            3 => p.clone().prop_map(FsOp::Mkdir),
+            1 => p.clone().prop_map(FsOp::Rmdir),
+            2 => p.clone().prop_map(FsOp::Unlink),
+            3 => (p.clone(), p.clone()).prop_map(|(a, b)| FsOp::Rename(a, b)),
+            1 => (p.clone(), p.clone()).prop_map(|(a, b)| FsOp::Symlink(a, b)),
+            1 => (p.clone(), prop_oneof![Just(0o644u32), Just(0o755), Just(0o600)]).prop_map(|(a, b)| FsOp::Chmod(a, b)),
+            1 => (p.clone(), p).prop_map(|(a, b)| FsOp::Link(a, b)),
+        ]
+    }
+
+    fn apply(root: &Path, op: &FsOp) -> Result<(), std::io::ErrorKind> {
+        let p = |i: usize| root.join(PATHS[i]);
+        let r = match op {
+            FsOp::Write(i, b, n) => fs::write(p(*i), vec![*b; *n]),
+            FsOp::Append(i, b) => OpenOptions::new()
+                .append(true)
+                .open(p(*i))
+                .and_then(|mut f| f.write_all(&[*b; 7])),
+            FsOp::Truncate(i, n) => OpenOptions::new()
+                .write(true)
+                .open(p(*i))
+                .and_then(|f| f.set_len(*n as u64)),
+            FsOp::Mkdir(i) => fs::create_dir(p(*i)),
+            FsOp::Rmdir(i) => fs::remove_dir(p(*i)),
+            FsOp::Unlink(i) => fs::remove_file(p(*i)),
+            FsOp::Rename(a, b) => fs::rename(p(*a), p(*b)),
+            FsOp::Symlink(a, b) => std::os::unix::fs::symlink(PATHS[*a], p(*b)),
+            FsOp::Chmod(i, m) => {
+                // Only regular files and dirs (chmod follows symlinks).
+                match fs::symlink_metadata(p(*i)) {
+                    Ok(md) if !md.file_type().is_symlink() => {
+                        fs::set_permissions(p(*i), fs::Permissions::from_mode(*m))
+                    }
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            FsOp::Link(a, b) => fs::hard_link(p(*a), p(*b)),
+        };
+        r.map_err(|e| e.kind())
+    }
+
+    fn clear(root: &Path) {
+        for e in fs::read_dir(root).unwrap() {
+            let p = e.unwrap().path();
+            if fs::symlink_metadata(&p).unwrap().is_dir() {
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+                fs::remove_dir_all(&p).unwrap();
+            } else {
+                fs::remove_file(&p).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn random_sequences_match_a_plain_directory_and_the_store() {
+        if !fuse_available() {
+            return;
+        }
+        let (store, _g) = stores().remove(0);
+        let sc = Sidecar::start(&store, "differential", "fuse", &[]);
+        let plain = tempfile::tempdir().unwrap();
+        let cases = std::env::var("COVE_PROPTEST_CASES")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(24);
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        });
+        runner
+            .run(&proptest::collection::vec(op(), 1..30), |ops| {
+                clear(&sc.mount);
+                clear(plain.path());
+                for (i, o) in ops.iter().enumerate() {
+                    let a = apply(plain.path(), o);
+                    let b = apply(&sc.mount, o);
+                    prop_assert_eq!(a, b, "step {} {:?} diverged", i, o);
+                }
+                let m = snapshot(&sc.mount);
+                prop_assert_eq!(
+                    &without_mtimes(&m),
+                    &without_mtimes(&snapshot(plain.path()))
+                );
+                let (code, body) = sc.flush("");
+                prop_assert_eq!(code, 200, "{}", body);
+                let out = export(&store, "differential");
+                prop_assert_eq!(&snapshot(out.path()), &m, "store differs from the mount");
+                Ok(())
+            })
+            .unwrap();
+        sc.terminate();
+        wait_until("nothing", Duration::from_secs(1), || true);
+    }
+}
