@@ -10,9 +10,10 @@ GARAGE_DIR=${COVE_TEST_DIR:-/tmp/cove-test-garage}
 step() { printf '\n==> [test] %s\n' "$*"; }
 
 # Hook for later suites (benchmark smoke, chaos profile). Runs after the
-# workspace tests, with Garage up and COVE_TEST_S3_* exported. Does nothing yet.
+# workspace tests, with Garage up and COVE_TEST_S3_* exported.
 run_extra_suites() {
-  :
+  step "pjdfstest (POSIX suite) on a Cove FUSE mount"
+  bash scripts/pjdfstest.sh
 }
 
 step "installing dependencies"

@@ -65,6 +65,7 @@ struct Inode {
 }
 
 struct FileH {
+    ino: u64,
     file: File,
     writer: Option<u64>,
     _backing: Option<Arc<BackingId>>,
@@ -198,8 +199,14 @@ impl CoveFs {
 
     fn child(&self, parent: INodeNo, name: &OsStr) -> R<String> {
         let p = self.path_of(parent)?;
+        if name.len() > 255 {
+            return Err(Errno::ENAMETOOLONG);
+        }
         let n = name_str(name)?;
         let path = join(&p, n);
+        if path.len() > 4095 {
+            return Err(Errno::ENAMETOOLONG);
+        }
         if !crate::tree::valid(&path) {
             return Err(Errno::EINVAL);
         }
@@ -300,16 +307,26 @@ impl CoveFs {
 
     /// Register a handle for a file opened for a FUSE open/create; returns
     /// the handle number and a second fd of the file for passthrough setup.
-    fn open_handle(&self, path: &str, file: File, flags: i32) -> R<(u64, File)> {
+    fn open_handle(&self, ino: u64, path: &str, file: File, flags: i32) -> R<(u64, File)> {
         let dup = file.try_clone().map_err(errno)?;
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let writer = writable.then(|| self.ws.open_writer(path));
         let fh = self.new_fh(Handle::File(FileH {
+            ino,
             file,
             writer,
             _backing: None,
         }));
         Ok((fh, dup))
+    }
+
+    /// A second fd of some open handle of `ino` (for unlinked files).
+    fn open_file_of(&self, ino: u64) -> Option<File> {
+        let hs: Vec<_> = self.handles.lock().values().cloned().collect();
+        hs.iter().find_map(|h| match &*h.lock() {
+            Handle::File(f) if f.ino == ino => f.file.try_clone().ok(),
+            _ => None,
+        })
     }
 
     fn backing_for(
@@ -399,7 +416,12 @@ impl fuser::Filesystem for CoveFs {
         }
         let res = self
             .path_of(ino)
-            .and_then(|p| self.root.lstat(&p).map_err(errno));
+            .and_then(|p| self.root.lstat(&p).map_err(errno))
+            // Unlinked but still open: the open file still has attributes.
+            .or_else(|e| {
+                let f = self.open_file_of(ino.0).ok_or(e)?;
+                nix::sys::stat::fstat(&f).map_err(nerr)
+            });
         match res {
             Ok(st) => reply.attr(&self.cfg.attr_ttl, &self.attr(&st)),
             Err(e) => reply.error(e),
@@ -697,7 +719,7 @@ impl fuser::Filesystem for CoveFs {
                 .root
                 .open_file(&path, Self::open_flags(flags.0), 0)
                 .map_err(errno)?;
-            let (fh, dup) = self.open_handle(&path, file, flags.0)?;
+            let (fh, dup) = self.open_handle(ino.0, &path, file, flags.0)?;
             if flags.0 & libc::O_TRUNC != 0 {
                 self.ws.emit(&path, ChangeKind::Modify, None);
             }
@@ -1075,7 +1097,8 @@ impl fuser::Filesystem for CoveFs {
                 .map_err(errno)?;
             self.chown_new(req, &path)?;
             let st = nix::sys::stat::fstat(&file).map_err(nerr)?;
-            let (fh, dup) = self.open_handle(&path, file, flags)?;
+            let ino = self.ino_of(st.st_ino);
+            let (fh, dup) = self.open_handle(ino, &path, file, flags)?;
             Ok((path, st, fh, dup))
         })();
         match res {

@@ -199,6 +199,7 @@ async fn main() -> Result<()> {
             check_id("project", &project)?;
             let j = Journal::new(store.clone(), keys::project_root(&project));
             let t0 = Instant::now();
+            let (template_name, fork_name) = (template.clone(), fork.clone());
             if let Some(dir) = from_dir {
                 let tree = tree_of_dir(&store, &dir).await?;
                 j.create_from_tree(&tree).await?;
@@ -215,6 +216,16 @@ async fn main() -> Result<()> {
                 j.create_from_tree(&cove_sync::tree::Tree::new(true))
                     .await?;
             }
+            // Who and what the project came from; the controller extends this.
+            let meta = serde_json::json!({
+                "id": project,
+                "template": template_name,
+                "forked_from": fork_name,
+                "created_ms": cove_sync::journal::now_ms(),
+            });
+            store
+                .put(&keys::meta(j.root()), bytes::Bytes::from(meta.to_string()))
+                .await?;
             println!(
                 "created project {project} in {} ms",
                 t0.elapsed().as_millis()
