@@ -231,21 +231,36 @@ impl CoveFs {
         attr
     }
 
-    fn forget_path(&self, path: &str) {
-        let mut t = self.inodes.write();
-        let prefix = format!("{path}/");
-        for i in t.values_mut() {
-            i.paths.retain(|p| p != path && !p.starts_with(&prefix));
+    /// `path` no longer names the inode `st` (unlink, rmdir: a removed
+    /// directory is empty, so only its own inode is affected).
+    fn forget_path(&self, path: &str, st: &FileStat) {
+        let ino = self.ino_of(st.st_ino);
+        if let Some(i) = self.inodes.write().get_mut(&ino) {
+            i.paths.retain(|p| p != path);
         }
     }
 
-    fn move_paths(&self, from: &str, to: &str) {
+    /// `from` was renamed over `to`. A file rename touches two inodes; a
+    /// directory rename renames every known path below it.
+    fn move_paths(&self, from: &str, to: &str, from_st: &FileStat, to_st: Option<&FileStat>) {
         let mut t = self.inodes.write();
-        let fp = format!("{from}/");
-        let tp = format!("{to}/");
-        for i in t.values_mut() {
-            i.paths.retain(|p| p != to && !p.starts_with(&tp));
+        if let Some(ts) = to_st {
+            let replaced = self.ino_of(ts.st_ino);
+            if let Some(i) = t.get_mut(&replaced) {
+                i.paths.retain(|p| p != to);
+            }
         }
+        if !fsutil::is_dir(from_st) {
+            if let Some(i) = t.get_mut(&self.ino_of(from_st.st_ino)) {
+                for p in i.paths.iter_mut() {
+                    if p == from {
+                        *p = to.to_owned();
+                    }
+                }
+            }
+            return;
+        }
+        let fp = format!("{from}/");
         for i in t.values_mut() {
             for p in i.paths.iter_mut() {
                 if p == from || p.starts_with(&fp) {
@@ -639,9 +654,11 @@ impl fuser::Filesystem for CoveFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let res = (|| -> R<(String, String)> {
+        let res = (|| -> R<(String, String, FileStat, Option<FileStat>)> {
             let from = self.child(parent, name)?;
             let to = self.child(newparent, newname)?;
+            let from_st = self.root.lstat(&from).map_err(errno)?;
+            let to_st = self.root.lstat_opt(&to).map_err(errno)?;
             let (fd, fname) = self.parent_dir(&from)?;
             let (td, tname) = self.parent_dir(&to)?;
             let mut rf = nix::fcntl::RenameFlags::empty();
@@ -652,10 +669,10 @@ impl fuser::Filesystem for CoveFs {
                 rf |= nix::fcntl::RenameFlags::RENAME_EXCHANGE;
             }
             nix::fcntl::renameat2(&fd, fname.as_str(), &td, tname.as_str(), rf).map_err(nerr)?;
-            Ok((from, to))
+            Ok((from, to, from_st, to_st))
         })();
         match res {
-            Ok((from, to)) => {
+            Ok((from, to, from_st, to_st)) => {
                 if flags.contains(RenameFlags::RENAME_EXCHANGE) {
                     // Both names now hold the other's tree: re-read both.
                     let mut t = self.inodes.write();
@@ -675,7 +692,7 @@ impl fuser::Filesystem for CoveFs {
                         self.ws.emit(p, ChangeKind::Modify, None);
                     }
                 } else {
-                    self.move_paths(&from, &to);
+                    self.move_paths(&from, &to, &from_st, to_st.as_ref());
                     self.ws.rename(&from, &to);
                     self.ws.emit(&to, ChangeKind::Rename, Some(&from));
                 }
@@ -1166,20 +1183,21 @@ impl fuser::Filesystem for CoveFs {
 
 impl CoveFs {
     fn remove(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
-        let res = (|| -> R<String> {
+        let res = (|| -> R<(String, FileStat)> {
             let path = self.child(parent, name)?;
             let (d, n) = self.parent_dir(&path)?;
+            let st = self.root.lstat(&path).map_err(errno)?;
             let flag = if dir {
                 nix::unistd::UnlinkatFlags::RemoveDir
             } else {
                 nix::unistd::UnlinkatFlags::NoRemoveDir
             };
             nix::unistd::unlinkat(&d, n.as_str(), flag).map_err(nerr)?;
-            Ok(path)
+            Ok((path, st))
         })();
         match res {
-            Ok(path) => {
-                self.forget_path(&path);
+            Ok((path, st)) => {
+                self.forget_path(&path, &st);
                 self.ws.mark_dirty(&path);
                 self.ws.emit(&path, ChangeKind::Delete, None);
                 reply.ok()
