@@ -286,7 +286,7 @@ def cmd_rcwait(port, limit):
 def pct(xs, p):
     return xs[max(0, math.ceil(p * len(xs)) - 1)]
 
-def cmd_saves(mnt, port, n, mode):
+def cmd_saves(mnt, port, n, mode, dump):
     # mode: flush = write+close then POST /flush {"paths":[file]}; fsync = write+fsync+close
     rel = "cove-bench-save.txt"
     path = os.path.join(mnt, rel)
@@ -309,9 +309,12 @@ def cmd_saves(mnt, port, n, mode):
             os.write(fd, data); os.fsync(fd); os.close(fd)
         if i >= 5:
             lat.append(time.perf_counter() - t0)
+    with open(dump, "w") as f:
+        f.writelines("%d %.3f\n" % (i, s * 1000) for i, s in enumerate(lat))
+    slow = ["#%d: %.0f ms" % (i, s * 1000) for i, s in enumerate(lat) if s > 0.1]
     lat.sort()
     ms = lambda s: "%.2f" % (s * 1000)
-    print(ms(pct(lat, 0.5)), ms(pct(lat, 0.99)), ms(lat[-1]), len(lat))
+    print(ms(pct(lat, 0.5)), ms(pct(lat, 0.99)), ms(lat[-1]), len(lat), ", ".join(slow[:5]) or "none")
 
 cmds = {"gen": cmd_gen, "stat": cmd_stat, "read": cmd_read, "cpu": cmd_cpu,
         "waitready": cmd_waitready, "rcwait": cmd_rcwait, "saves": cmd_saves}
@@ -357,7 +360,10 @@ GARAGE_PID=$(cat "$GARAGE_DIR/garage.pid")
 S3=$COVE_TEST_S3_ENDPOINT
 BUCKET=$COVE_TEST_S3_BUCKET
 PREFIX=bench-$RUN_ID
-COVE_STORE=s3://$BUCKET/$PREFIX/cove
+# one store per Cove target: chunk blobs are shared by all projects of a store, and the
+# second run must upload its own
+STORE_PT=s3://$BUCKET/$PREFIX/cove-pt
+STORE_NOPT=s3://$BUCKET/$PREFIX/cove-nopt
 cove_env=(env NO_COLOR=1 COVE_S3_ENDPOINT="$S3" COVE_S3_REGION="$COVE_TEST_S3_REGION"
   AWS_ACCESS_KEY_ID="$COVE_TEST_S3_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$COVE_TEST_S3_SECRET_KEY")
 rclone_remote() { # the bucket path $1 as an on-the-fly rclone remote
@@ -374,6 +380,7 @@ object_count() { # objects under bucket path $1
 # extract NAME DIR LIMIT: tar xf into DIR; sets R[NAME.extract] and R[NAME.t0]
 extract() {
   local name=$1 dir=$2 limit=$3 t0 t1 rc=0 nerr
+  sync -f "$WORK" # write back what the previous target left dirty, so it is not billed to this one
   say "$name: tar xf $(basename "$TAR") into $dir"
   t0=$(now)
   fgrun timeout "$limit" tar xf "$TAR" -C "$dir" 2>"$WORK/$name.tar.err" || rc=$?
@@ -427,15 +434,15 @@ remaining() { # seconds left before deadline $1 (at least 1)
 }
 
 # ---------------------------------------------------------------- cove-sync
-# cove_start NAME PROJECT PORT [extra args]: start serve, wait for readyz and the mount
+# cove_start NAME STORE PROJECT PORT [extra args]: start serve, wait for readyz and the mount
 cove_start() {
-  local name=$1 project=$2 port=$3 t0 out
-  shift 3
+  local name=$1 store=$2 project=$3 port=$4 t0 out
+  shift 4
   mkdir -p "$WORK/$name/mnt" "$WORK/$name/cache"
   MOUNTS+=("$WORK/$name/mnt")
-  say "$name: cove-sync serve --project $project --api 127.0.0.1:$port $*"
+  say "$name: cove-sync --store $store serve --project $project --api 127.0.0.1:$port $*"
   t0=$(now)
-  "${cove_env[@]}" "$BIN" --store "$COVE_STORE" serve --project "$project" \
+  "${cove_env[@]}" "$BIN" --store "$store" serve --project "$project" \
     --workspace "$WORK/$name/mnt" --cache "$WORK/$name/cache" --mode fuse \
     --api "127.0.0.1:$port" "$@" >"$WORK/$name.log" 2>&1 &
   local pid=$!
@@ -468,7 +475,7 @@ metric() { # metric PORT NAME
 }
 cove_details() { # cove_details NAME PORT: a line of metrics for the report
   local p=$2
-  R[$1.details]="commits $(metric "$p" commits_total), ops $(metric "$p" ops_committed_total), segments $(mb "$(($(metric "$p" segment_bytes_total) / 1024))") MB, blobs $(mb "$(($(metric "$p" blob_bytes_total) / 1024))") MB, commit failures $(metric "$p" commit_failures_total), read errors $(metric "$p" read_errors_total)"
+  R[$1.details]="commits $(metric "$p" commits_total), ops $(metric "$p" ops_committed_total), segments $(mb "$(($(metric "$p" segment_bytes_total) / 1024))") MB, blobs $(mb "$(($(metric "$p" blob_bytes_total) / 1024))") MB, checkpoints $(metric "$p" checkpoints_total), commit failures $(metric "$p" commit_failures_total), read errors $(metric "$p" read_errors_total)"
 }
 cove_stop() { # cove_stop NAME: SIGTERM (final flush + checkpoint), wait for exit
   local name=$1 t0 rc=0
@@ -488,10 +495,10 @@ scan raw "$WORK/raw" "$BENCH_TIMEOUT"
 R[raw.durable]="–"
 
 # ---------------------------------------------------------------- (b) Cove, passthrough
-run_cove() { # run_cove NAME PROJECT PORT [serve args]
-  local name=$1 project=$2 port=$3 cpu0 gcpu0 deadline
-  shift 3
-  cove_start "$name" "$project" "$port" --create "$@"
+run_cove() { # run_cove NAME STORE PROJECT PORT [serve args]
+  local name=$1 store=$2 project=$3 port=$4 cpu0 gcpu0 deadline
+  shift 4
+  cove_start "$name" "$store" "$project" "$port" --create "$@"
   deadline=$(awk -v n="$(now)" -v l="$BENCH_TIMEOUT" 'BEGIN { printf "%.3f", n + l }')
   cpu0=$(cpu_s "${R[$name.pid]}")
   gcpu0=$(cpu_s "$GARAGE_PID")
@@ -505,12 +512,12 @@ run_cove() { # run_cove NAME PROJECT PORT [serve args]
   cove_details "$name" "$port"
   info "sidecar CPU ${R[$name.cpu]} s, garage CPU ${R[$name.gcpu]} s, RSS $(mb "${R[$name.rss]}") MB; ${R[$name.details]}"
 }
-run_cove cove "bench-pt" "$PORT_BASE"
+run_cove cove "$STORE_PT" "bench-pt" "$PORT_BASE"
 R[cove.label]="Cove FUSE, passthrough=${R[cove.passthrough]}"
 cove_stop cove
 
 # ---------------------------------------------------------------- (2) cold hydration
-cove_start cold "bench-pt" "$((PORT_BASE + 1))"
+cove_start cold "$STORE_PT" "bench-pt" "$((PORT_BASE + 1))"
 R[cold.files]=$(curl -s "http://127.0.0.1:$((PORT_BASE + 1))/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["files"])')
 say "cold: first full read through the freshly hydrated mount"
 capture out timeout "$BENCH_TIMEOUT" python3 "$PY" read "$WORK/cold/mnt"
@@ -522,7 +529,7 @@ R[cold.rss_after_read]=$(rss_kb "${R[cold.pid]}")
 
 say "checking the store: cove-sync export of bench-pt vs the plain directory"
 mkdir -p "$WORK/export"
-fgrun "${cove_env[@]}" "$BIN" --store "$COVE_STORE" export --project bench-pt --out "$WORK/export" 2>"$WORK/export.log"
+fgrun "${cove_env[@]}" "$BIN" --store "$STORE_PT" export --project bench-pt --out "$WORK/export" 2>"$WORK/export.log"
 if diff -r --no-dereference "$WORK/raw" "$WORK/export" >"$WORK/export.diff" 2>&1; then
   R[export]="identical to the plain directory"
 else
@@ -534,9 +541,9 @@ info "export: ${R[export]}"
 save_run() { # save_run KEY DIR PORT MODE
   local out
   say "save latency: $1 ($BENCH_SAVES rounds)"
-  if capture out timeout "$BENCH_TIMEOUT" python3 "$PY" saves "$2" "$3" "$BENCH_SAVES" "$4"; then
-    read -r "R[$1.p50]" "R[$1.p99]" "R[$1.max]" "R[$1.n]" <<<"$out"
-    info "p50 ${R[$1.p50]} ms, p99 ${R[$1.p99]} ms, max ${R[$1.max]} ms"
+  if capture out timeout "$BENCH_TIMEOUT" python3 "$PY" saves "$2" "$3" "$BENCH_SAVES" "$4" "$WORK/$1.samples"; then
+    read -r "R[$1.p50]" "R[$1.p99]" "R[$1.max]" "R[$1.n]" "R[$1.slow]" <<<"$out"
+    info "p50 ${R[$1.p50]} ms, p99 ${R[$1.p99]} ms, max ${R[$1.max]} ms; rounds over 100 ms: ${R[$1.slow]}"
   else
     R[$1.p50]="failed"
     info "failed"
@@ -550,7 +557,7 @@ cove_details cold "$((PORT_BASE + 1))"
 cove_stop cold
 
 # ---------------------------------------------------------------- (c) Cove, no passthrough
-run_cove nopt "bench-nopt" "$((PORT_BASE + 2))" --no-passthrough
+run_cove nopt "$STORE_NOPT" "bench-nopt" "$((PORT_BASE + 2))" --no-passthrough
 R[nopt.label]="Cove FUSE, --no-passthrough"
 cove_stop nopt
 
@@ -682,7 +689,7 @@ R[raw.label]="plain directory (baseline)"
   echo "# cove-sync benchmark ($(date -u '+%F %H:%M UTC'))"
   echo
   echo "- tree: $TREE_NAME: ${R[raw.files]} files, $(awk -v b="${R[raw.bytes]}" 'BEGIN { printf "%.1f", b / 1e6 }') MB, $(tar tf "$TAR" | wc -l) tar entries"
-  echo "- cove-sync $BIN_INFO; store Garage $(garage --version 2>/dev/null | awk '{print $2}') on loopback (s3://$BUCKET/$PREFIX); kernel $(uname -r); $(nproc) cores"
+  echo "- cove-sync $BIN_INFO; store Garage $(garage --version 2>/dev/null | awk '{print $2}') on loopback (s3://$BUCKET/$PREFIX/...); kernel $(uname -r); $(nproc) cores"
   echo "- $( ((BENCH_ANCHORS == 1)) && echo "rclone $(rclone version 2>/dev/null | awk 'NR==1{print $2}'), s3fs $(s3fs --version 2>/dev/null | head -1 | sed 's/.*V\([0-9.]*\).*/\1/')" || echo "rclone/s3fs skipped (BENCH_ANCHORS=0)")"
   echo "- load average at the start: $LOAD0, at the end: $(cut -d' ' -f1-3 /proc/loadavg) (anything else running on the machine skews the figures)"
   echo "- warm page cache, nothing dropped; \"durable\" = from the start of tar xf until everything is in the store (Cove: POST /flush returned; rclone: upload queue empty and all objects listed; s3fs: all objects listed); stat/read run after that"
@@ -730,6 +737,11 @@ R[raw.label]="plain directory (baseline)"
   printf '| Cove: write+close, then POST /flush {"paths":[file]} | %s | %s | %s |\n' "${R[save_flush.p50]}" "${R[save_flush.p99]:-–}" "${R[save_flush.max]:-–}"
   printf '| Cove: write+fsync+close (fsync waits for the store) | %s | %s | %s |\n' "${R[save_fsync.p50]}" "${R[save_fsync.p99]:-–}" "${R[save_fsync.max]:-–}"
   printf '| plain directory: write+fsync+close (local disk, for reference) | %s | %s | %s |\n' "${R[save_raw.p50]}" "${R[save_raw.p99]:-–}" "${R[save_raw.max]:-–}"
+  echo
+  for k in save_flush save_fsync; do
+    if [[ ${R[$k.slow]:-none} != none ]]; then echo "Rounds over 100 ms ($k, in order): ${R[$k.slow]}."; fi
+  done
+  echo "The Cove rounds run back to back on one sidecar (the flush rounds first); it writes a checkpoint every 256 commits."
   echo
   echo "## 4. Sidecar memory (VmRSS)"
   echo

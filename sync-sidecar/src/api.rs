@@ -47,7 +47,7 @@ fn err(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 async fn readyz(State(ws): State<Arc<Workspace>>) -> Response {
-    if ws.is_hydrated() {
+    if ws.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (
@@ -100,6 +100,10 @@ async fn flush(State(ws): State<Arc<Workspace>>, body: axum::body::Bytes) -> Res
             .map(|p| p.trim_matches('/').to_owned())
             .collect()
     });
+    if paths.is_none() && ws.mode() == "watch" {
+        // inotify may not have delivered everything yet: look.
+        ws.scan().await;
+    }
     match ws.flush(paths.as_deref()).await {
         Ok(c) => Json(json!({"durable": true, "commit": c})).into_response(),
         Err(e @ FlushError::Fenced) => err(StatusCode::CONFLICT, "fenced", &e.to_string()),
@@ -135,7 +139,11 @@ async fn changes(State(ws): State<Arc<Workspace>>, Query(q): Query<ChangesQuery>
             let relevant = prefix.is_empty()
                 || ev.kind == ChangeKind::Overflow
                 || ev.path == prefix
-                || ev.path.starts_with(&format!("{prefix}/"));
+                || ev.path.starts_with(&format!("{prefix}/"))
+                || ev
+                    .from
+                    .as_deref()
+                    .is_some_and(|f| f == prefix || f.starts_with(&format!("{prefix}/")));
             if !relevant {
                 return None;
             }

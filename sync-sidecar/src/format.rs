@@ -28,9 +28,10 @@ use std::io::{Read, Write};
 /// Files up to this size are stored inside segments and checkpoints.
 pub const INLINE_MAX: u64 = 64 * 1024;
 /// Larger files are cut into chunks of this size, each a content-addressed
-/// blob. (This replaces multipart upload: chunks are single PUTs, sent in
-/// parallel, deduplicated across versions, and a sparse file's holes cost
-/// one zero-chunk blob.)
+/// blob. (This replaces multipart upload: chunks are single PUTs, a chunk
+/// already in the store is never sent again — an append to a large file
+/// uploads only its last chunk — and a sparse file's holes cost one
+/// zero-chunk blob.)
 pub const CHUNK_SIZE: u64 = 8 << 20;
 /// Biggest record we accept when decoding; guards against corrupt lengths.
 pub const MAX_RECORD: u32 = 64 << 20;

@@ -844,9 +844,9 @@ impl fuser::Filesystem for CoveFs {
             if let Handle::File(f) = &*h.lock() {
                 if let Some(w) = f.writer {
                     self.ws.close_writer(w);
-                    // Other names of a hard-linked file changed too.
-                    for p in self.paths_of(ino).iter().skip(1) {
-                        self.ws.mark_dirty(p);
+                    // Every name of a hard-linked file changed.
+                    for p in self.paths_of(ino) {
+                        self.ws.mark_dirty(&p);
                     }
                     if let Some(p) = self.paths_of(ino).first() {
                         self.ws.emit(p, ChangeKind::Modify, None);
@@ -1121,6 +1121,8 @@ impl fuser::Filesystem for CoveFs {
         match res {
             Ok((path, st, fh, dup)) => {
                 let attr = self.remember(&st, &path);
+                // Even a file created read-only exists now.
+                self.ws.mark_dirty(&path);
                 self.ws.emit(&path, ChangeKind::Create, None);
                 if let Some(id) = self.backing_for(attr.ino.0, || reply.open_backing(&dup)) {
                     self.set_backing(fh, &id);

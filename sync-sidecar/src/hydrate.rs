@@ -200,11 +200,16 @@ pub fn materialize(root: &Root, index: &mut Tree, op: &Op, owner: Option<Owner>)
 }
 
 fn set_mtime(f: &std::fs::File, mtime: i64) -> io::Result<()> {
-    let t = std::time::UNIX_EPOCH
-        + std::time::Duration::new(
-            mtime.max(0) as u64 / 1_000_000_000,
-            (mtime.max(0) % 1_000_000_000) as u32,
-        );
+    let (secs, nanos) = (
+        mtime.div_euclid(1_000_000_000),
+        mtime.rem_euclid(1_000_000_000) as u32,
+    );
+    let t = if secs >= 0 {
+        std::time::UNIX_EPOCH + std::time::Duration::new(secs as u64, nanos)
+    } else {
+        std::time::UNIX_EPOCH - std::time::Duration::new(secs.unsigned_abs(), 0)
+            + std::time::Duration::new(0, nanos)
+    };
     f.set_modified(t)
 }
 

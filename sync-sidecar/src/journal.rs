@@ -298,9 +298,17 @@ impl Journal {
     pub async fn read_segment(&self, c: CommitId) -> JResult<Segment> {
         let key = keys::segment(&self.root, c.epoch, c.seq);
         let bytes = self.get_required(&key).await?;
-        let seg = tokio::task::spawn_blocking(move || decode_segment(&key, &bytes))
+        let k = key.clone();
+        let seg = tokio::task::spawn_blocking(move || decode_segment(&k, &bytes))
             .await
             .map_err(|e| JournalError::Other(e.to_string()))??;
+        if seg.header.epoch != c.epoch || seg.header.seq != c.seq {
+            return Err(FormatError::Corrupt {
+                key,
+                reason: format!("header says commit {}.{}", seg.header.epoch, seg.header.seq),
+            }
+            .into());
+        }
         Ok(seg)
     }
 
@@ -526,7 +534,10 @@ impl Writer {
             Some(e) => e,
             None => claimed + 1,
         };
-        let body = Bytes::from(format!("{{\"epoch\":{epoch},\"host\":{:?}}}", hostname()));
+        let body = Bytes::from(
+            serde_json::json!({"epoch": epoch, "host": hostname(), "time_ms": now_ms()})
+                .to_string(),
+        );
         if !journal
             .store
             .put_if_absent(&keys::claim(&journal.root, epoch), body)

@@ -244,6 +244,9 @@ async fn main() -> Result<()> {
         Cmd::History { project, limit } => {
             check_id("project", &project)?;
             let j = Journal::new(store, keys::project_root(&project));
+            if !j.exists().await? {
+                bail!("project {project} does not exist");
+            }
             for c in j.history(limit).await? {
                 println!("{}\t{}\t{}", c.id, c.time_ms, c.paths.join(" "));
             }
@@ -253,6 +256,16 @@ async fn main() -> Result<()> {
             check_id("project", &project)?;
             let j = Journal::new(store, keys::project_root(&project));
             let at = at.map(|a| parse_commit(&a)).transpose()?;
+            if !j.exists().await? {
+                bail!("project {project} does not exist");
+            }
+            // Export never deletes anything of the user's.
+            if std::fs::read_dir(&out).is_ok_and(|mut d| d.next().is_some()) {
+                bail!(
+                    "{} is not empty; export writes into a new or empty directory",
+                    out.display()
+                );
+            }
             std::fs::create_dir_all(&out)?;
             let root = Arc::new(Root::open(&out)?);
             let mut chain = j.chain().await?;
@@ -381,6 +394,7 @@ async fn serve(
         ws.scan().await;
         tracing::info!(dir = %workspace_dir.display(), "workspace watched");
     }
+    ws.set_ready();
     println!("ready");
 
     wait_for_signal().await;

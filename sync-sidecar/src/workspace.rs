@@ -143,6 +143,8 @@ pub struct Status {
     pub project: String,
     pub epoch: u64,
     pub hydrated: bool,
+    /// Hydrated and the mount (or watcher) is up.
+    pub ready: bool,
     pub hydration: hydrate::ProgressView,
     pub dirty: usize,
     /// Changes exist that are not yet in the store.
@@ -168,6 +170,7 @@ pub struct Workspace {
     epoch: std::sync::atomic::AtomicU64,
     fenced: AtomicBool,
     hydrated: AtomicBool,
+    ready: AtomicBool,
     stopped: AtomicBool,
     pub progress: Arc<Progress>,
     pub metrics: Arc<Metrics>,
@@ -206,6 +209,7 @@ impl Workspace {
             epoch: Default::default(),
             fenced: AtomicBool::new(false),
             hydrated: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             progress: Arc::default(),
             metrics: Arc::new(Metrics::new()),
@@ -268,6 +272,16 @@ impl Workspace {
 
     pub fn is_hydrated(&self) -> bool {
         self.hydrated.load(Ordering::SeqCst)
+    }
+
+    /// Called by the binary once the front (mount or watcher) is up: from
+    /// then on the workspace may be used, and `/readyz` says so.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
     }
 
     // ---- what the fronts report -------------------------------------
@@ -365,6 +379,21 @@ impl Workspace {
             if st.shutdown && self.stopped.load(Ordering::SeqCst) {
                 return Err(FlushError::ShuttingDown);
             }
+            // What is asked about is re-read whatever events said: writes
+            // through passthrough or missed by inotify are not lost.
+            let open: Vec<String> = st.writers.values().cloned().collect();
+            for p in open {
+                if paths.is_none() {
+                    st.touch(&p);
+                }
+            }
+            if let Some(ps) = paths {
+                for p in ps {
+                    if !p.is_empty() && crate::tree::valid(p) {
+                        st.touch(p);
+                    }
+                }
+            }
             let need: HashMap<String, u64> = match paths {
                 None => st.dirty.clone(),
                 Some(ps) => {
@@ -424,6 +453,7 @@ impl Workspace {
             project: self.project.clone(),
             epoch: self.epoch.load(Ordering::Relaxed),
             hydrated: self.is_hydrated(),
+            ready: self.is_ready(),
             hydration: self.progress.view(),
             dirty: st.dirty.len(),
             pending: !st.dirty.is_empty() || !st.renames.is_empty(),
@@ -498,7 +528,16 @@ impl Workspace {
                     None => false,
                     Some(n) => match &n.content {
                         Content::Dir => is_dir(&st) && n.mode == mode,
-                        Content::Symlink(_) => is_symlink(&st) && n.mtime == mtime_ns(&st),
+                        Content::Symlink(t) => {
+                            is_symlink(&st)
+                                && self
+                                    .root
+                                    .readlink(&path)
+                                    .ok()
+                                    .and_then(|l| l.into_string().ok())
+                                    .as_deref()
+                                    == Some(t.as_str())
+                        }
                         _ => {
                             crate::fsutil::is_file(&st)
                                 && n.mode == mode
@@ -510,7 +549,8 @@ impl Workspace {
                 if is_dir(&st) {
                     stack.push(path.clone());
                 }
-                if !same && (crate::fsutil::is_file(&st) || is_dir(&st) || is_symlink(&st)) {
+                let storable = crate::fsutil::is_file(&st) || is_dir(&st) || is_symlink(&st);
+                if !same && (storable || index.get(&path).is_some()) {
                     out.push(path);
                 }
             }
@@ -615,6 +655,19 @@ impl Workspace {
         let (batch_no, items, renames) = {
             let mut st = self.state.lock();
             st.batches_taken += 1;
+            // A path the format cannot hold (over PATH_MAX) is reported and
+            // left out, never written into a segment readers would refuse.
+            let invalid: Vec<String> = st
+                .dirty
+                .keys()
+                .filter(|p| !crate::tree::valid(p))
+                .cloned()
+                .collect();
+            for p in invalid {
+                tracing::warn!(path = %p, "not storable (longer than PATH_MAX); left out of the store");
+                st.dirty.remove(&p);
+                self.metrics.read_errors.inc();
+            }
             let force_all = st.shutdown || st.waiters.iter().any(|w| w.all);
             let forced: HashSet<&String> = st.waiters.iter().flat_map(|w| w.need.keys()).collect();
             let writing: HashSet<&String> = st.writers.values().collect();
@@ -695,6 +748,10 @@ impl Workspace {
         };
 
         // 3. Keep only what did not change while it was read.
+        if results.is_empty() && failed.is_empty() && renames.is_empty() {
+            // Everything changed while it was read: let the writer finish.
+            tokio::time::sleep(self.cfg.debounce).await;
+        }
         let (committed, ops) = {
             let mut st = self.state.lock();
             for p in &failed {
@@ -782,6 +839,10 @@ impl Workspace {
             }
             if st.dirty.is_empty() && st.renames.is_empty() {
                 st.first_dirty = None;
+            } else {
+                // What is left changed after this batch was taken (or is
+                // held open): its window starts now.
+                st.first_dirty = Some(Instant::now());
             }
             st.batches_done = batch_no;
             let head_now = st.head;

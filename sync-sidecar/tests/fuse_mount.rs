@@ -395,6 +395,51 @@ fn bad_starts_fail_clearly() {
     }
 }
 
+#[test]
+fn two_sidecar_processes_on_one_project_only_the_newer_saves() {
+    if !fuse_available() {
+        return;
+    }
+    for (store, _g) in stores() {
+        let project = common::unique("fence");
+        let old = Sidecar::start(&store, &project, "fuse", &[]);
+        fs::write(old.path("f.txt"), "old").unwrap();
+        assert_eq!(old.flush("").0, 200);
+        // A second sidecar starts while the first is still alive.
+        let new = Sidecar::start(&store, &project, "fuse", &[]);
+        assert_eq!(fs::read_to_string(new.path("f.txt")).unwrap(), "old");
+        fs::write(old.path("f.txt"), "stale").unwrap();
+        let (code, body) = old.flush("");
+        assert_eq!(
+            code, 409,
+            "[{}] stale sidecar acknowledged: {body}",
+            store.name
+        );
+        assert!(body.contains("fenced"));
+        // fsync on the stale mount fails instead of lying.
+        let f = OpenOptions::new()
+            .write(true)
+            .open(old.path("f.txt"))
+            .unwrap();
+        assert!(
+            f.sync_all().is_err(),
+            "[{}] fsync succeeded on a fenced workspace",
+            store.name
+        );
+        fs::write(new.path("f.txt"), "new").unwrap();
+        assert_eq!(new.flush("").0, 200);
+        old.kill();
+        new.terminate();
+        let out = export(&store, &project);
+        assert_eq!(
+            fs::read_to_string(out.path().join("f.txt")).unwrap(),
+            "new",
+            "[{}]",
+            store.name
+        );
+    }
+}
+
 mod differential {
     //! Random operation sequences applied to a plain directory and to the
     //! mount must give the same results and the same tree; the store must

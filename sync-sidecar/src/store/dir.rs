@@ -26,6 +26,8 @@ pub struct DirStore {
 struct Inner {
     root: PathBuf,
     counter: AtomicU64,
+    /// Makes staging names unique across processes (and PID namespaces).
+    nonce: u64,
 }
 
 impl DirStore {
@@ -38,15 +40,26 @@ impl DirStore {
             source,
         })?;
         // Leftovers of a crash mid-put are garbage: nothing refers to them.
+        // Other processes may share the store (local mode runs a sidecar
+        // per workspace), so only files old enough to be abandoned go.
         if let Ok(entries) = fs::read_dir(&tmp) {
             for e in entries.flatten() {
-                let _ = fs::remove_file(e.path());
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+                if old {
+                    let _ = fs::remove_file(e.path());
+                }
             }
         }
         Ok(Self {
             inner: Arc::new(Inner {
                 root,
                 counter: AtomicU64::new(0),
+                nonce: rand::random(),
             }),
         })
     }
@@ -84,10 +97,10 @@ impl Inner {
     /// Write `body` to a fresh fsync'd temporary file and return its path.
     fn stage(&self, body: &[u8]) -> io::Result<PathBuf> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .root
-            .join(TMP_DIR)
-            .join(format!("{}-{n}", std::process::id()));
+        let tmp =
+            self.root
+                .join(TMP_DIR)
+                .join(format!("{}-{:x}-{n}", std::process::id(), self.nonce));
         let mut f = fs::File::create(&tmp)?;
         f.write_all(body)?;
         f.sync_all()?;
