@@ -44,15 +44,23 @@ pub struct FuseConfig {
     pub attr_ttl: Duration,
     /// Use kernel passthrough for reads and writes when the kernel has it.
     pub passthrough: bool,
+    /// ...for files at least this large when opened. Setting up a backing
+    /// file costs two ioctls, more than a small file's one read through
+    /// the daemon (measured: reading the 20k-file tree is 16% faster
+    /// without passthrough), so small and new files go through the daemon.
+    pub passthrough_min_size: u64,
     pub threads: usize,
 }
 
 impl Default for FuseConfig {
     fn default() -> Self {
         Self {
+            // The sidecar is the only writer of the cache and the kernel
+            // updates size and times itself on writes through the mount.
             entry_ttl: Duration::from_secs(60),
-            attr_ttl: Duration::from_secs(1),
+            attr_ttl: Duration::from_secs(60),
             passthrough: true,
+            passthrough_min_size: 256 * 1024,
             threads: 4,
         }
     }
@@ -344,9 +352,16 @@ impl CoveFs {
         })
     }
 
+    /// The backing file to pass reads and writes through to, if this open
+    /// should use passthrough. The kernel refuses to mix passthrough and
+    /// cached opens of one inode (ETXTBSY), so an inode keeps the mode of
+    /// its open handles; a first open decides by size. The backing lock
+    /// makes decide-and-register atomic.
     fn backing_for(
         &self,
         ino: u64,
+        fh: u64,
+        size: u64,
         make: impl FnOnce() -> std::io::Result<BackingId>,
     ) -> Option<Arc<BackingId>> {
         if !self.passthrough.load(Ordering::Relaxed) {
@@ -355,6 +370,12 @@ impl CoveFs {
         let mut b = self.backing.lock();
         if let Some(id) = b.get(&ino).and_then(Weak::upgrade) {
             return Some(id);
+        }
+        let cached_open = self.handles.lock().iter().any(|(h, handle)| {
+            *h != fh && matches!(&*handle.lock(), Handle::File(f) if f.ino == ino)
+        });
+        if cached_open || size < self.cfg.passthrough_min_size {
+            return None;
         }
         match make() {
             Ok(id) => {
@@ -744,7 +765,8 @@ impl fuser::Filesystem for CoveFs {
         })();
         match res {
             Ok((fh, file)) => {
-                if let Some(id) = self.backing_for(ino.0, || reply.open_backing(&file)) {
+                let size = file.metadata().map_or(0, |m| m.len());
+                if let Some(id) = self.backing_for(ino.0, fh, size, || reply.open_backing(&file)) {
                     self.set_backing(fh, &id);
                     reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
                 } else {
@@ -1124,7 +1146,10 @@ impl fuser::Filesystem for CoveFs {
                 // Even a file created read-only exists now.
                 self.ws.mark_dirty(&path);
                 self.ws.emit(&path, ChangeKind::Create, None);
-                if let Some(id) = self.backing_for(attr.ino.0, || reply.open_backing(&dup)) {
+                let size = st.st_size as u64;
+                if let Some(id) =
+                    self.backing_for(attr.ino.0, fh, size, || reply.open_backing(&dup))
+                {
                     self.set_backing(fh, &id);
                     reply.created_passthrough(
                         &self.cfg.entry_ttl,
@@ -1146,6 +1171,21 @@ impl fuser::Filesystem for CoveFs {
             }
             Err(e) => reply.error(e),
         }
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // Tools probe with ioctls (FS_IOC_GETFLAGS, ...); none apply here.
+        reply.error(Errno::ENOTTY)
     }
 
     fn fallocate(

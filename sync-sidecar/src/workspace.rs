@@ -257,6 +257,7 @@ impl Workspace {
         self.metrics
             .hydration_seconds
             .set(t0.elapsed().as_secs_f64());
+        release_memory();
         self.hydrated.store(true, Ordering::SeqCst);
         tracing::info!(
             project = %self.project,
@@ -911,11 +912,22 @@ impl Workspace {
                         st.since_checkpoint = 0;
                     }
                     tracing::debug!(at = %at, last, "checkpoint written");
+                    release_memory();
                 }
                 Err(e) => tracing::warn!(error = %e, "checkpoint not written"),
             },
             Ok(Err(e)) => tracing::debug!(error = %e, "checkpoint skipped"),
             Err(e) => tracing::warn!(error = %e, "checkpoint task failed"),
         }
+    }
+}
+
+/// Hydration and checkpoints decode and build tens of MB in many small
+/// allocations; hand the freed pages back to the OS so a long-running
+/// sidecar's RSS reflects what it holds (the index), not its peak.
+fn release_memory() {
+    // SAFETY: malloc_trim only releases free memory of glibc's arenas.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -118,6 +118,26 @@ fn developer_session(root: &Path) {
     // A file above the inline limit (stored as chunks).
     let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     fs::write(p("big.bin"), &big).unwrap();
+    // Passthrough and cached opens of one inode must not collide (the
+    // kernel refuses to mix them): a large file reopened while another
+    // handle is open, and a small file that grows while open.
+    {
+        use std::io::Read;
+        fs::write(p("blob.bin"), vec![7u8; 1 << 20]).unwrap();
+        let mut a = OpenOptions::new().append(true).open(p("blob.bin")).unwrap();
+        let mut r = fs::File::open(p("blob.bin")).unwrap();
+        a.write_all(b"tail").unwrap();
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        assert_eq!(got.len(), (1 << 20) + 4);
+        let mut g = fs::File::create(p("grow.bin")).unwrap();
+        g.write_all(&vec![1u8; 300_000]).unwrap();
+        let mut r2 = fs::File::open(p("grow.bin")).unwrap();
+        let mut got = Vec::new();
+        r2.read_to_end(&mut got).unwrap();
+        assert_eq!(got.len(), 300_000);
+        g.write_all(b"more").unwrap();
+    }
     // Read-only directory with content.
     fs::create_dir(p("ro")).unwrap();
     fs::write(p("ro/kept"), "inside a read-only dir").unwrap();
