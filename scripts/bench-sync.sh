@@ -169,6 +169,7 @@ ratio() { # ratio A B -> A/B as "1.23×", or – if either is missing
 }
 mb() { if isnum "${1:-}"; then awk -v k="$1" 'BEGIN { printf "%.0f", k / 1024 }'; else printf '–'; fi; }
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo "–"; }
+hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo "–"; } # peak RSS
 cpu_s() { python3 "$PY" cpu "$1" 2>/dev/null || echo "–"; }
 wait_mounted() { # wait_mounted DIR PID SECONDS
   local i
@@ -509,6 +510,7 @@ run_cove() { # run_cove NAME STORE PROJECT PORT [serve args]
   R[$name.cpu]=$(awk -v a="$cpu0" -v b="$(cpu_s "${R[$name.pid]}")" 'BEGIN { printf "%.1f", b - a }')
   R[$name.gcpu]=$(awk -v a="$gcpu0" -v b="$(cpu_s "$GARAGE_PID")" 'BEGIN { printf "%.1f", b - a }')
   R[$name.rss]=$(rss_kb "${R[$name.pid]}")
+  R[$name.hwm]=$(hwm_kb "${R[$name.pid]}")
   cove_details "$name" "$port"
   info "sidecar CPU ${R[$name.cpu]} s, garage CPU ${R[$name.gcpu]} s, RSS $(mb "${R[$name.rss]}") MB; ${R[$name.details]}"
 }
@@ -553,6 +555,7 @@ save_run save_flush "$WORK/cold/mnt" "$((PORT_BASE + 1))" flush
 save_run save_fsync "$WORK/cold/mnt" "$((PORT_BASE + 1))" fsync
 save_run save_raw "$WORK/raw" 0 fsync
 R[cold.rss_end]=$(rss_kb "${R[cold.pid]}")
+R[cold.hwm]=$(hwm_kb "${R[cold.pid]}")
 cove_details cold "$((PORT_BASE + 1))"
 cove_stop cold
 
@@ -745,13 +748,13 @@ R[raw.label]="plain directory (baseline)"
   echo
   echo "## 4. Sidecar memory (VmRSS)"
   echo
-  echo "| sidecar state | RSS MB |"
-  echo "|---|---:|"
-  printf '| after tar xf + flush + stat + read of the tree (passthrough run) | %s |\n' "$(mb "${R[cove.rss]}")"
-  printf '| after tar xf + flush + stat + read of the tree (--no-passthrough run) | %s |\n' "$(mb "${R[nopt.rss]:-}")"
-  printf '| cold start, project hydrated (%s entries), at /readyz | %s |\n' "${R[cold.files]}" "$(mb "${R[cold.ready_rss]}")"
-  printf '| same sidecar after a full read | %s |\n' "$(mb "${R[cold.rss_after_read]}")"
-  printf '| same sidecar after %s flush saves + %s fsync saves | %s |\n' "$BENCH_SAVES" "$BENCH_SAVES" "$(mb "${R[cold.rss_end]}")"
+  echo "| sidecar state | RSS MB | peak so far (VmHWM) MB |"
+  echo "|---|---:|---:|"
+  printf '| after tar xf + flush + stat + read of the tree (passthrough run) | %s | %s |\n' "$(mb "${R[cove.rss]}")" "$(mb "${R[cove.hwm]}")"
+  printf '| after tar xf + flush + stat + read of the tree (--no-passthrough run) | %s | %s |\n' "$(mb "${R[nopt.rss]:-}")" "$(mb "${R[nopt.hwm]:-}")"
+  printf '| cold start, project hydrated (%s entries), at /readyz | %s | |\n' "${R[cold.files]}" "$(mb "${R[cold.ready_rss]}")"
+  printf '| same sidecar after a full read | %s | |\n' "$(mb "${R[cold.rss_after_read]}")"
+  printf '| same sidecar after %s flush saves + %s fsync saves (incl. a checkpoint) | %s | %s |\n' "$BENCH_SAVES" "$BENCH_SAVES" "$(mb "${R[cold.rss_end]}")" "$(mb "${R[cold.hwm]}")"
   echo
   echo "## Notes"
   echo

@@ -293,6 +293,40 @@ impl CoveFs {
         }
     }
 
+    /// Like `entry`, but "no such name" is cached by the kernel too (inode
+    /// 0 with a TTL): every create is preceded by a lookup of the new name,
+    /// and only this sidecar can make the name appear (the kernel replaces
+    /// the negative entry itself when it does).
+    fn lookup_entry(&self, path: &str, reply: ReplyEntry) {
+        match self.root.lstat(path) {
+            Ok(st) => {
+                let attr = self.remember(&st, path);
+                reply.entry_with_ttls(
+                    &self.cfg.attr_ttl,
+                    &self.cfg.entry_ttl,
+                    &attr,
+                    Generation(0),
+                );
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                match nix::sys::stat::fstat(self.root.fd()) {
+                    Ok(st) => {
+                        let mut attr = self.attr(&st);
+                        attr.ino = INodeNo(0);
+                        reply.entry_with_ttls(
+                            &Duration::ZERO,
+                            &self.cfg.entry_ttl,
+                            &attr,
+                            Generation(0),
+                        );
+                    }
+                    Err(_) => reply.error(Errno::ENOENT),
+                }
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
     /// Give a new node to the caller (and the setgid directory's group).
     fn chown_new(&self, req: &Request, path: &str) -> R<()> {
         let (p, n) = split(path);
@@ -424,7 +458,7 @@ impl fuser::Filesystem for CoveFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.child(parent, name) {
-            Ok(path) => self.entry(&path, reply),
+            Ok(path) => self.lookup_entry(&path, reply),
             Err(e) => reply.error(e),
         }
     }
@@ -768,9 +802,9 @@ impl fuser::Filesystem for CoveFs {
                 let size = file.metadata().map_or(0, |m| m.len());
                 if let Some(id) = self.backing_for(ino.0, fh, size, || reply.open_backing(&file)) {
                     self.set_backing(fh, &id);
-                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id);
                 } else {
-                    reply.opened(FileHandle(fh), FopenFlags::empty());
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH);
                 }
             }
             Err(e) => reply.error(e),
@@ -1156,7 +1190,7 @@ impl fuser::Filesystem for CoveFs {
                         &attr,
                         Generation(0),
                         FileHandle(fh),
-                        FopenFlags::empty(),
+                        FopenFlags::FOPEN_NOFLUSH,
                         &id,
                     );
                 } else {
@@ -1165,7 +1199,7 @@ impl fuser::Filesystem for CoveFs {
                         &attr,
                         Generation(0),
                         FileHandle(fh),
-                        FopenFlags::empty(),
+                        FopenFlags::FOPEN_NOFLUSH,
                     );
                 }
             }

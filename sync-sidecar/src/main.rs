@@ -68,6 +68,9 @@ enum Cmd {
         /// Create an empty project if it does not exist.
         #[arg(long)]
         create: bool,
+        /// FUSE request threads.
+        #[arg(long, default_value_t = 4)]
+        fuse_threads: usize,
         /// Commit quiet period, milliseconds.
         #[arg(long, default_value_t = 200)]
         debounce_ms: u64,
@@ -150,7 +153,7 @@ async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,fuser=warn".into()),
+                .unwrap_or_else(|_| "info,fuser=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -167,12 +170,18 @@ async fn main() -> Result<()> {
             no_passthrough,
             owner,
             create,
+            fuse_threads,
             debounce_ms,
         } => {
             check_id("project", &project)?;
             let owner = owner.map(|o| parse_owner(&o)).transpose()?;
             let cfg = workspace::Config {
                 debounce: std::time::Duration::from_millis(debounce_ms),
+                ..Default::default()
+            };
+            let fcfg = fuse::FuseConfig {
+                passthrough: !no_passthrough,
+                threads: fuse_threads.max(1),
                 ..Default::default()
             };
             serve(
@@ -183,7 +192,7 @@ async fn main() -> Result<()> {
                 mode,
                 epoch,
                 &api,
-                !no_passthrough,
+                fcfg,
                 owner,
                 create,
                 cfg,
@@ -336,7 +345,7 @@ async fn serve(
     mode: Mode,
     epoch: Option<u64>,
     api_addr: &str,
-    passthrough: bool,
+    fcfg: fuse::FuseConfig,
     owner: Option<Owner>,
     create: bool,
     cfg: workspace::Config,
@@ -380,10 +389,6 @@ async fn serve(
     let mut session = None;
     let mut watcher = None;
     if fuse_mode {
-        let fcfg = fuse::FuseConfig {
-            passthrough,
-            ..Default::default()
-        };
         session = Some(
             fuse::mount(ws.clone(), workspace_dir, fcfg, rt.clone())
                 .with_context(|| format!("mounting FUSE at {}", workspace_dir.display()))?,

@@ -914,11 +914,28 @@ impl Workspace {
                     tracing::debug!(at = %at, last, "checkpoint written");
                     release_memory();
                 }
-                Err(e) => tracing::warn!(error = %e, "checkpoint not written"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "checkpoint not written");
+                    self.postpone_checkpoint();
+                }
             },
-            Ok(Err(e)) => tracing::debug!(error = %e, "checkpoint skipped"),
-            Err(e) => tracing::warn!(error = %e, "checkpoint task failed"),
+            Ok(Err(e)) => {
+                // A file changed between its commit and this read: try again
+                // after more commits, not after every one (each attempt reads
+                // the whole cache while commits wait).
+                tracing::info!(error = %e, "checkpoint postponed");
+                self.postpone_checkpoint();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpoint task failed");
+                self.postpone_checkpoint();
+            }
         }
+    }
+
+    fn postpone_checkpoint(&self) {
+        let mut st = self.state.lock();
+        st.since_checkpoint = st.since_checkpoint.min(self.cfg.checkpoint_every / 2);
     }
 }
 
