@@ -327,6 +327,18 @@ impl CoveFs {
         }
     }
 
+    /// Reply to mknod/mkdir/symlink: the new node is dirty and announced.
+    fn created(&self, res: R<String>, reply: ReplyEntry) {
+        match res {
+            Ok(path) => {
+                self.ws.mark_dirty(&path);
+                self.ws.emit(&path, ChangeKind::Create, None);
+                self.entry(&path, reply)
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
     /// Give a new node to the caller (and the setgid directory's group).
     fn chown_new(&self, req: &Request, path: &str) -> R<()> {
         let (p, n) = split(path);
@@ -624,14 +636,7 @@ impl fuser::Filesystem for CoveFs {
             self.chown_new(req, &path)?;
             Ok(path)
         })();
-        match res {
-            Ok(path) => {
-                self.ws.mark_dirty(&path);
-                self.ws.emit(&path, ChangeKind::Create, None);
-                self.entry(&path, reply)
-            }
-            Err(e) => reply.error(e),
-        }
+        self.created(res, reply)
     }
 
     fn mkdir(
@@ -655,14 +660,7 @@ impl fuser::Filesystem for CoveFs {
             self.chown_new(req, &path)?;
             Ok(path)
         })();
-        match res {
-            Ok(path) => {
-                self.ws.mark_dirty(&path);
-                self.ws.emit(&path, ChangeKind::Create, None);
-                self.entry(&path, reply)
-            }
-            Err(e) => reply.error(e),
-        }
+        self.created(res, reply)
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -689,14 +687,7 @@ impl fuser::Filesystem for CoveFs {
             self.chown_new(req, &path)?;
             Ok(path)
         })();
-        match res {
-            Ok(path) => {
-                self.ws.mark_dirty(&path);
-                self.ws.emit(&path, ChangeKind::Create, None);
-                self.entry(&path, reply)
-            }
-            Err(e) => reply.error(e),
-        }
+        self.created(res, reply)
     }
 
     fn rename(

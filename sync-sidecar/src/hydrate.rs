@@ -139,17 +139,7 @@ pub fn materialize(root: &Root, index: &mut Tree, op: &Op, owner: Option<Owner>)
                 let (p, n) = split(path);
                 let dir = root.dir(p)?;
                 nix::unistd::symlinkat(target.as_str(), &dir, n)?;
-                let ts = nix::sys::time::TimeSpec::new(
-                    mtime.div_euclid(1_000_000_000),
-                    mtime.rem_euclid(1_000_000_000),
-                );
-                nix::sys::stat::utimensat(
-                    &dir,
-                    n,
-                    &ts,
-                    &ts,
-                    nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-                )?;
+                set_mtime_at(&dir, n, *mtime)?;
                 chown(path)?;
             }
             Op::SetAttr { path, mode, mtime } => {
@@ -164,17 +154,7 @@ pub fn materialize(root: &Root, index: &mut Tree, op: &Op, owner: Option<Owner>)
                             nix::sys::stat::FchmodatFlags::FollowSymlink,
                         )?;
                         if !fsutil::is_dir(&st) {
-                            let ts = nix::sys::time::TimeSpec::new(
-                                mtime.div_euclid(1_000_000_000),
-                                mtime.rem_euclid(1_000_000_000),
-                            );
-                            nix::sys::stat::utimensat(
-                                &dir,
-                                n,
-                                &ts,
-                                &ts,
-                                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-                            )?;
+                            set_mtime_at(&dir, n, *mtime)?;
                         }
                     }
                 }
@@ -196,6 +176,22 @@ pub fn materialize(root: &Root, index: &mut Tree, op: &Op, owner: Option<Owner>)
     })();
     res.map_err(|e| io_err(op.path(), e))?;
     index.apply(op)?;
+    Ok(())
+}
+
+/// Set atime and mtime of `name` in `dir` (never following a symlink).
+fn set_mtime_at(dir: &std::os::fd::OwnedFd, name: &str, mtime: i64) -> io::Result<()> {
+    let ts = nix::sys::time::TimeSpec::new(
+        mtime.div_euclid(1_000_000_000),
+        mtime.rem_euclid(1_000_000_000),
+    );
+    nix::sys::stat::utimensat(
+        dir,
+        name,
+        &ts,
+        &ts,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )?;
     Ok(())
 }
 
