@@ -115,6 +115,8 @@ struct State {
     head_time_ms: u64,
     since_checkpoint: u64,
     shutdown: bool,
+    /// Changed paths that could not be read (path → error), for status.
+    unreadable: std::collections::BTreeMap<String, String>,
 }
 
 impl State {
@@ -156,6 +158,15 @@ pub struct Status {
     pub store: StoreHealth,
     pub fenced: bool,
     pub files: usize,
+    /// Changes that could not be saved because the path cannot be read
+    /// (at most 100 listed), with the error.
+    pub unreadable: Vec<Unreadable>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Unreadable {
+    pub path: String,
+    pub error: String,
 }
 
 pub struct Workspace {
@@ -202,6 +213,7 @@ impl Workspace {
                 head_time_ms: 0,
                 since_checkpoint: 0,
                 shutdown: false,
+                unreadable: Default::default(),
             }),
             wake: Notify::new(),
             events,
@@ -464,6 +476,15 @@ impl Workspace {
             store: self.health.lock().clone(),
             fenced: self.fenced.load(Ordering::SeqCst),
             files: st.index.len(),
+            unreadable: st
+                .unreadable
+                .iter()
+                .take(100)
+                .map(|(p, e)| Unreadable {
+                    path: p.clone(),
+                    error: e.clone(),
+                })
+                .collect(),
         }
     }
 
@@ -712,7 +733,7 @@ impl Workspace {
         let budget = self.cfg.batch_bytes;
         let read = tokio::task::spawn_blocking(move || {
             let mut out: Vec<(String, u64, Option<Op>)> = Vec::new();
-            let mut failed: Vec<String> = Vec::new();
+            let mut failed: Vec<(String, String)> = Vec::new();
             let mut bytes = 0u64;
             for (path, gen, prev) in items {
                 if bytes > budget {
@@ -729,7 +750,7 @@ impl Workspace {
                     Err(ReadError::Store(e)) => return Err(JournalError::Store(e)),
                     Err(e @ ReadError::Io { .. }) => {
                         tracing::warn!(error = %e, "cannot record a path; skipping it");
-                        failed.push(path);
+                        failed.push((path, e.to_string()));
                     }
                 }
             }
@@ -755,8 +776,11 @@ impl Workspace {
         }
         let (committed, ops) = {
             let mut st = self.state.lock();
-            for p in &failed {
+            // Not silently: status lists them until a later change to the
+            // same path is recorded.
+            for (p, e) in &failed {
                 st.dirty.remove(p);
+                st.unreadable.insert(p.clone(), e.clone());
                 self.metrics.read_errors.inc();
             }
             let mut ops: Vec<Op> = renames
@@ -834,6 +858,7 @@ impl Workspace {
         {
             let mut st = self.state.lock();
             for (p, g) in &committed {
+                st.unreadable.remove(p);
                 if st.dirty.get(p) == Some(g) {
                     st.dirty.remove(p);
                 }

@@ -362,3 +362,27 @@ async fn invalid_flush_paths_are_rejected() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_change_is_reported_not_silently_dropped() {
+    use std::os::unix::ffi::OsStrExt;
+    let (_d, store) = common::dir_store();
+    let id = new_project(&store).await;
+    let w = open(&store, &id).await;
+    // A symlink whose target is not UTF-8 cannot be stored.
+    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(b"bad\xff"), w.path("link")).unwrap();
+    w.ws.mark_dirty("link");
+    w.write("fine.txt", b"ok");
+    w.ws.flush(None).await.unwrap();
+    let st = w.ws.status();
+    assert_eq!(st.unreadable.len(), 1, "{st:?}");
+    assert_eq!(st.unreadable[0].path, "link");
+    assert!(st.unreadable[0].error.contains("UTF-8"), "{st:?}");
+    assert!(inline(&stored(&store, &id).await, "fine.txt").is_some());
+    // Fixing it clears the report.
+    std::fs::remove_file(w.path("link")).unwrap();
+    std::os::unix::fs::symlink("fine.txt", w.path("link")).unwrap();
+    w.ws.mark_dirty("link");
+    w.ws.flush(None).await.unwrap();
+    assert!(w.ws.status().unreadable.is_empty());
+}
