@@ -279,7 +279,12 @@ impl CoveFs {
     }
 
     fn entry(&self, path: &str, reply: ReplyEntry) {
-        match self.root.lstat(path) {
+        self.entry_from(path, self.root.lstat(path), reply)
+    }
+
+    /// Reply with the entry for `path` given its `lstat` result.
+    fn entry_from(&self, path: &str, st: std::io::Result<FileStat>, reply: ReplyEntry) {
+        match st {
             Ok(st) => {
                 let attr = self.remember(&st, path);
                 reply.entry_with_ttls(
@@ -299,15 +304,6 @@ impl CoveFs {
     /// the negative entry itself when it does).
     fn lookup_entry(&self, path: &str, reply: ReplyEntry) {
         match self.root.lstat(path) {
-            Ok(st) => {
-                let attr = self.remember(&st, path);
-                reply.entry_with_ttls(
-                    &self.cfg.attr_ttl,
-                    &self.cfg.entry_ttl,
-                    &attr,
-                    Generation(0),
-                );
-            }
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 match nix::sys::stat::fstat(self.root.fd()) {
                     Ok(st) => {
@@ -323,7 +319,7 @@ impl CoveFs {
                     Err(_) => reply.error(Errno::ENOENT),
                 }
             }
-            Err(e) => reply.error(errno(e)),
+            other => self.entry_from(path, other, reply),
         }
     }
 
