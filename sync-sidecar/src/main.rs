@@ -350,6 +350,10 @@ async fn serve(
     create: bool,
     cfg: workspace::Config,
 ) -> Result<()> {
+    // Install the handlers before anything else: a SIGTERM that arrives
+    // while hydrating, or right after "ready", must still mean "flush and
+    // exit", never the default disposition that kills without a flush.
+    let stop = StopSignals::install()?;
     let journal = Journal::new(store.clone(), keys::project_root(project));
     if !journal.exists().await? {
         if create {
@@ -402,7 +406,7 @@ async fn serve(
     ws.set_ready();
     println!("ready");
 
-    wait_for_signal().await;
+    stop.wait().await;
     tracing::info!("shutting down: flushing everything to the store");
     // A last reconciliation catches what no event named (hard links).
     ws.scan().await;
@@ -425,12 +429,26 @@ async fn serve(
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment they are installed; a signal
+/// that arrives before [`StopSignals::wait`] is kept, not lost.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
