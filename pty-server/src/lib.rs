@@ -1,0 +1,37 @@
+//! cove-pty: the per-workspace server the browser IDE talks to.
+//!
+//! One WebSocket per tab carries terminals (binary frames, flow-controlled
+//! by acknowledged bytes, restored from a server-side emulator on
+//! reconnect), file operations confined to the workspace and acknowledged
+//! once the sync sidecar says they are durable, and a coalesced change feed.
+//! A second listener proxies the app preview; a third serves health,
+//! readiness, activity and metrics. The wire protocol is docs/protocol.md.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`protocol`] | wire types, frame header, error and close codes, limits |
+//! | [`token`] | HMAC tokens the controller signs and the upgrade verifies |
+//! | [`server`] | shared state, upgrade checks, status poller, admin endpoints |
+//! | [`conn`] | one connection: hello, requests, frames, heartbeat, rate limit |
+//! | [`terminal`] | PTYs, sessions, attachments, flow control |
+//! | [`screen`] | the server-side emulator and its snapshots |
+//! | [`reaper`] | reaps every child and orphan; kills sessions |
+//! | [`files`] | confined file operations |
+//! | [`changes`] | the change feed's fan-out and coalescing |
+//! | [`sidecar`] | client of cove-sync's control API |
+//! | [`preview`] | the app preview proxy |
+
+pub mod activity;
+pub mod changes;
+pub mod conn;
+pub mod files;
+pub mod metrics;
+pub mod outbox;
+pub mod preview;
+pub mod protocol;
+pub mod reaper;
+pub mod screen;
+pub mod server;
+pub mod sidecar;
+pub mod terminal;
+pub mod token;

@@ -1,0 +1,405 @@
+//! File requests, the change feed, durability and the upgrade checks.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_that_escape_the_workspace_are_refused() {
+    let ws = Workspace::start(&[]);
+    std::os::unix::fs::symlink("/etc", ws.root.join("etc-link")).unwrap();
+    std::os::unix::fs::symlink("../..", ws.root.join("up")).unwrap();
+    std::fs::create_dir(ws.root.join("src")).unwrap();
+    write(&ws.root, "src/ok.txt", "ok");
+    std::os::unix::fs::symlink("src", ws.root.join("inside")).unwrap();
+    let mut c = ws.connect().await;
+    let table: &[(&str, &str)] = &[
+        ("/etc/passwd", "bad_path"),
+        ("../etc/passwd", "bad_path"),
+        ("src/../../etc/passwd", "bad_path"),
+        ("./src/ok.txt", "bad_path"),
+        ("src//ok.txt", "bad_path"),
+        ("src/", "bad_path"),
+        ("a\u{0}b", "bad_path"),
+        ("etc-link/passwd", "outside_workspace"),
+        ("up/etc/passwd", "outside_workspace"),
+        ("etc-link", "outside_workspace"),
+    ];
+    for (path, code) in table {
+        for ty in ["fs.read", "fs.stat"] {
+            let mut req = json!({"type": ty, "path": path});
+            if ty == "fs.stat" {
+                req["follow"] = json!(true);
+            }
+            let e = c.request(req).await.unwrap_err();
+            assert_eq!(e["code"], *code, "{ty} {path:?}: {e}");
+        }
+        let e = c
+            .request(json!({"type": "fs.write", "path": path, "content": "x", "encoding": "utf8", "base_version": null}))
+            .await
+            .unwrap_err();
+        assert_eq!(e["code"], *code, "write {path:?}: {e}");
+    }
+    let long = "a/".repeat(2100) + "x";
+    let e = c
+        .request(json!({"type": "fs.stat", "path": long}))
+        .await
+        .unwrap_err();
+    assert_eq!(e["code"], "bad_path");
+    // Inside links work; the escaping link itself can be listed and removed.
+    let r = c
+        .request(json!({"type": "fs.read", "path": "inside/ok.txt"}))
+        .await
+        .unwrap();
+    assert_eq!(r["content"], "ok");
+    let r = c
+        .request(json!({"type": "fs.stat", "path": "etc-link"}))
+        .await
+        .unwrap();
+    assert_eq!(r["entry"]["kind"], "symlink");
+    c.request(json!({"type": "fs.delete", "path": "etc-link"}))
+        .await
+        .unwrap();
+    assert!(std::path::Path::new("/etc/passwd").exists());
+    let e = c
+        .request(json!({"type": "term.create", "cols": 80, "rows": 24, "cwd": "up"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e["code"], "outside_workspace");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_versioned_durable_and_conflicts_are_reported() {
+    let ws = Workspace::start(&["--max-file-bytes", "1000000"]);
+    let mut a = ws.connect().await;
+    let mut b = ws.connect().await;
+    let sub = a
+        .request(json!({"type": "fs.subscribe", "path": ""}))
+        .await
+        .unwrap()["subscription"]
+        .clone();
+
+    let w = a
+        .request(json!({"type": "fs.write", "path": "notes/a.txt", "content": "one\n", "encoding": "utf8", "base_version": null, "parents": true}))
+        .await
+        .unwrap();
+    assert_eq!(w["durable"], true, "{w}");
+    assert!(w["commit"]["seq"].is_u64(), "{w}");
+    let v1 = w["version"].as_str().unwrap().to_string();
+    assert_eq!(
+        std::fs::read_to_string(ws.root.join("notes/a.txt")).unwrap(),
+        "one\n"
+    );
+    let r = b
+        .request(json!({"type": "fs.read", "path": "notes/a.txt"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r["content"].as_str(), r["version"].as_str()),
+        (Some("one\n"), Some(v1.as_str()))
+    );
+
+    // b saves first; a's save from the old version is a conflict.
+    let w2 = b
+        .request(json!({"type": "fs.write", "path": "notes/a.txt", "content": "two\n", "encoding": "utf8", "base_version": v1}))
+        .await
+        .unwrap();
+    let e = a
+        .request(json!({"type": "fs.write", "path": "notes/a.txt", "content": "three\n", "encoding": "utf8", "base_version": v1}))
+        .await
+        .unwrap_err();
+    assert_eq!(e["code"], "conflict");
+    assert_eq!(e["details"]["current_version"], w2["version"]);
+    assert_eq!(
+        std::fs::read_to_string(ws.root.join("notes/a.txt")).unwrap(),
+        "two\n"
+    );
+    // A change made in a terminal is a conflict too.
+    let t = a.create(json!({})).await;
+    a.input(t, "echo shell >> notes/a.txt\r").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(ws.root.join("notes/a.txt")).unwrap() != "two\nshell\n" {
+        assert!(std::time::Instant::now() < deadline);
+        if let Some(m) = a.next(Duration::from_millis(100)).await {
+            a.events.push(m);
+        }
+    }
+    let e = b
+        .request(json!({"type": "fs.write", "path": "notes/a.txt", "content": "mine\n", "encoding": "utf8", "base_version": w2["version"]}))
+        .await
+        .unwrap_err();
+    assert_eq!(e["code"], "conflict");
+
+    // The change feed saw the changes, coalesced, from every source.
+    let ev = a
+        .wait_event("fs.changes", |e| {
+            e["type"] == "fs.changes"
+                && e["subscription"] == sub
+                && e["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x["path"] == "notes/a.txt")
+        })
+        .await;
+    assert!(
+        !ev.to_string().contains("cove-tmp"),
+        "temp files must be hidden: {ev}"
+    );
+
+    // Binary content round-trips as base64; limits are enforced.
+    let bin = base64_encode(&[0u8, 159, 146, 150, 255]);
+    let w = a
+        .request(json!({"type": "fs.write", "path": "b.bin", "content": bin, "encoding": "base64", "base_version": null}))
+        .await
+        .unwrap();
+    assert_eq!(w["size"], 5);
+    let r = a
+        .request(json!({"type": "fs.read", "path": "b.bin"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r["encoding"].as_str(), r["content"].as_str()),
+        (Some("base64"), Some(bin.as_str()))
+    );
+    std::fs::write(ws.root.join("big"), vec![b'x'; 1_000_001]).unwrap();
+    let e = a
+        .request(json!({"type": "fs.read", "path": "big"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e["code"], "too_large");
+    assert_eq!(e["details"]["limit"], 1_000_000);
+
+    // Tree operations, each durable.
+    for (req, code) in [
+        (
+            json!({"type": "fs.mkdir", "path": "d/e", "parents": true}),
+            None,
+        ),
+        (json!({"type": "fs.create", "path": "d/e/f.txt"}), None),
+        (
+            json!({"type": "fs.create", "path": "d/e/f.txt"}),
+            Some("already_exists"),
+        ),
+        (json!({"type": "fs.rename", "from": "d", "to": "d2"}), None),
+        (
+            json!({"type": "fs.delete", "path": "d2"}),
+            Some("not_empty"),
+        ),
+        (
+            json!({"type": "fs.delete", "path": "d2", "recursive": true}),
+            None,
+        ),
+        (
+            json!({"type": "fs.list", "path": "b.bin"}),
+            Some("not_a_directory"),
+        ),
+        (
+            json!({"type": "fs.read", "path": "notes"}),
+            Some("not_a_file"),
+        ),
+        (
+            json!({"type": "fs.stat", "path": "nope"}),
+            Some("not_found"),
+        ),
+        (
+            json!({"type": "fs.write", "path": "x", "encoding": "utf8", "base_version": null}),
+            Some("bad_request"),
+        ),
+    ] {
+        match (a.request(req.clone()).await, code) {
+            (Ok(r), None) => {
+                if req["type"] != "fs.list" {
+                    assert_eq!(r["durable"], true, "{req}: {r}")
+                }
+            }
+            (Err(e), Some(c)) => assert_eq!(e["code"], c, "{req}"),
+            (r, c) => panic!("{req}: {r:?}, expected {c:?}"),
+        }
+    }
+    let l = a
+        .request(json!({"type": "fs.list", "path": ""}))
+        .await
+        .unwrap();
+    let names: Vec<_> = l["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["b.bin", "big", "notes"]);
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_without_valid_credentials_are_refused_before_anything_runs() {
+    let ws = Workspace::start(&[]);
+    let good = ws.token();
+    let p = |t: &str| format!("cove.v1, cove.token.{t}");
+    let expired = cove_pty::token::sign(SECRET.as_bytes(), "demo", now() - 1000, 300, None);
+    let other = cove_pty::token::sign(SECRET.as_bytes(), "other", now(), 300, None);
+    let forged = cove_pty::token::sign(
+        b"not-the-secret-not-the-secret-00000",
+        "demo",
+        now(),
+        300,
+        None,
+    );
+    let cases: Vec<(Option<String>, Option<&str>, u16, &str)> = vec![
+        (Some(p(&good)), None, 403, "origin_forbidden"),
+        (
+            Some(p(&good)),
+            Some("http://evil.example"),
+            403,
+            "origin_forbidden",
+        ),
+        (
+            Some(p(&good)),
+            Some("http://demo.app.localhost:7070"),
+            403,
+            "origin_forbidden",
+        ),
+        (
+            Some(format!("cove.v9, cove.token.{good}")),
+            Some(ORIGIN),
+            400,
+            "unsupported_version",
+        ),
+        (Some("cove.v1".into()), Some(ORIGIN), 401, "token_missing"),
+        (Some(p(&expired)), Some(ORIGIN), 401, "token_expired"),
+        (Some(p(&forged)), Some(ORIGIN), 401, "token_invalid"),
+        (Some(p("garbage")), Some(ORIGIN), 401, "token_invalid"),
+        (Some(p(&other)), Some(ORIGIN), 403, "wrong_project"),
+    ];
+    for (proto, origin, status, code) in cases {
+        let e = try_connect(&ws.ide, proto.as_deref(), origin)
+            .await
+            .expect_err("must be refused");
+        assert_eq!(e.0, status, "{proto:?} {origin:?}: {}", e.1);
+        assert!(e.1.contains(code), "{code} not in {}", e.1);
+    }
+    // Not an upgrade, wrong path.
+    assert_eq!(http_get(&ws.ide, "/ws").0, 400);
+    assert_eq!(http_get(&ws.ide, "/other").0, 404);
+    let (_, m) = http_get(&ws.admin, "/metrics");
+    assert!(
+        m.contains("cove_pty_upgrades_total{result=\"token_expired\"} 1"),
+        "{m}"
+    );
+    assert_eq!(http_get(&ws.admin, "/healthz").0, 200);
+    let (code, act) = http_get(&ws.admin, "/activity");
+    assert_eq!(code, 200);
+    assert!(act.contains("last_active_ms"));
+
+    // Protocol violations close the connection with the documented codes.
+    let raw = try_connect(&ws.ide, Some(&p(&good)), Some(ORIGIN))
+        .await
+        .unwrap();
+    let mut c = Client::raw(raw);
+    c.send_text(json!({"type": "term.list", "id": 1}).to_string())
+        .await;
+    assert_eq!(
+        c.wait_close(Duration::from_secs(5)).await,
+        Some(4002),
+        "hello first"
+    );
+    let raw = try_connect(&ws.ide, Some(&p(&good)), Some(ORIGIN))
+        .await
+        .unwrap();
+    let mut c = Client::raw(raw);
+    c.send_text(json!({"type": "hello", "id": 1, "protocol": 2}).to_string())
+        .await;
+    assert_eq!(c.wait_close(Duration::from_secs(5)).await, Some(4003));
+    let mut c = ws.connect().await;
+    c.send_text("{not json".into()).await;
+    assert_eq!(c.wait_close(Duration::from_secs(5)).await, Some(4000));
+    let mut c = ws.connect().await;
+    c.send_binary(vec![1, 2, 3]).await;
+    assert_eq!(c.wait_close(Duration::from_secs(5)).await, Some(4000));
+    let mut c = ws.connect().await;
+    c.send_text(format!(
+        "{{\"type\":\"fs.write\",\"id\":5,\"content\":\"{}\"}}",
+        "x".repeat(17 << 20)
+    ))
+    .await;
+    let code = c.wait_close(Duration::from_secs(10)).await;
+    assert!(
+        matches!(code, Some(1009) | Some(1006)),
+        "oversized message: {code:?}"
+    );
+    // The server is fine afterwards.
+    let mut c = ws.connect().await;
+    c.request(json!({"type": "term.list"})).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_preview_reaches_the_app_on_its_port() {
+    let ws = Workspace::start(&["--app-port", "0"]);
+    // A real app server inside the workspace, on a port of its own.
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = app.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = app.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let first = req.lines().next().unwrap_or("").to_string();
+                let body = format!("app saw: {first}");
+                let _ = s
+                    .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes())
+                    .await;
+            });
+        }
+    });
+    let host = format!("{port}--demo.app.localhost");
+    let (code, body) = tokio::task::spawn_blocking({
+        let addr = ws.preview.clone();
+        move || http(&addr, "GET", "/hello?x=1", &[("Host", &host)], "")
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, "app saw: GET /hello?x=1 HTTP/1.1");
+    // Nothing on that port: a page that says so, not a bare 502.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let host = format!("{free}--demo.app.localhost");
+    let (code, body) = http(
+        &ws.preview,
+        "GET",
+        "/",
+        &[("Host", &host), ("Accept", "text/html")],
+        "",
+    );
+    assert_eq!(code, 502);
+    assert!(
+        body.contains(&format!("Nothing is listening on port {free}")),
+        "{body}"
+    );
+    // Another project's preview host is not served here.
+    let (code, _) = http(
+        &ws.preview,
+        "GET",
+        "/",
+        &[("Host", "other.app.localhost")],
+        "",
+    );
+    assert_eq!(code, 404);
+    let (_, act) = http_get(&ws.admin, "/activity");
+    let v: serde_json::Value = serde_json::from_str(&act).unwrap();
+    assert!(v["last_preview_ms"].as_u64().unwrap() > 0, "{act}");
+}

@@ -1,0 +1,346 @@
+//! Terminals over a real WebSocket, against real PTYs and a real sidecar.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_resize_interrupt_and_exit_status() {
+    let ws = Workspace::start(&[]);
+    let mut c = ws.connect().await;
+    assert_eq!(c.welcome["protocol"], 1);
+    assert_eq!(c.welcome["status"]["ready"], true);
+    let t = c.create(json!({"env": {"GREETING": "hé llo"}})).await;
+    c.input(t, "echo \"$GREETING from $COVE_PROJECT on $PORT\"\r")
+        .await;
+    c.wait_output(t, "hé llo from demo on 3000").await;
+    // The secret never reaches the shell.
+    c.input(t, "echo \"secret=[${COVE_TOKEN_SECRET:-none}]\"\r")
+        .await;
+    c.wait_output(t, "secret=[none]").await;
+
+    // Resize is what `stty size` sees, and everyone is told.
+    c.request(json!({"type": "term.resize", "terminal": t, "cols": 100, "rows": 30}))
+        .await
+        .unwrap();
+    c.wait_event("term.resized", |e| {
+        e["type"] == "term.resized" && e["cols"] == 100
+    })
+    .await;
+    c.input(t, "stty size\r").await;
+    c.wait_output(t, "30 100").await;
+
+    // Ctrl+C interrupts a foreground sleep; the shell goes on.
+    c.input(t, "sleep 100; echo SLEPT-$((40+2))\r").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.input(t, "\x03").await;
+    c.input(t, "echo after-interrupt\r").await;
+    let out = c.wait_output(t, "after-interrupt\r\n").await;
+    assert!(
+        !out.contains("SLEPT-42"),
+        "sleep was not interrupted: {out}"
+    );
+
+    // Exit status of a command that ends by itself, and of a signal.
+    let e = c
+        .create(json!({"command": ["sh", "-c", "echo bye; exit 3"]}))
+        .await;
+    let ev = c
+        .wait_event("term.exited", |v| {
+            v["type"] == "term.exited" && v["terminal"] == e
+        })
+        .await;
+    assert_eq!(ev["exit"], json!({"code": 3, "signal": null}));
+    c.wait_output(e, "bye").await;
+    let info = c.request(json!({"type": "term.list"})).await.unwrap();
+    let st = info["terminals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == e)
+        .unwrap()
+        .clone();
+    assert_eq!(st["state"], "exited");
+    let r = c
+        .request(json!({"type": "term.close", "terminal": e}))
+        .await
+        .unwrap();
+    assert_eq!(r["exit"]["code"], 3);
+    c.wait_event("term.closed", |v| {
+        v["type"] == "term.closed" && v["terminal"] == e
+    })
+    .await;
+
+    // Closing a running terminal hangs up its whole session.
+    c.input(t, "sleep 1000 & sleep 1001 &\r").await;
+    c.input(t, "echo started-bg\r").await;
+    c.wait_output(t, "started-bg\r\n").await;
+    let r = c
+        .request(json!({"type": "term.close", "terminal": t}))
+        .await
+        .unwrap();
+    assert!(
+        r["exit"]["signal"].is_string() || r["exit"]["code"].is_number(),
+        "{r}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ps = std::process::Command::new("pgrep")
+        .args(["-f", "sleep 100[01]"])
+        .output()
+        .unwrap();
+    assert!(
+        ps.stdout.is_empty(),
+        "session members survived: {}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+    assert!(zombie_children(ws.pty_pid()).is_empty(), "zombies left");
+
+    // Bad requests are refused clearly.
+    let e = c
+        .request(json!({"type": "term.create", "cols": 0, "rows": 24}))
+        .await
+        .unwrap_err();
+    assert_eq!(e["code"], "bad_request");
+    let e = c
+        .request(
+            json!({"type": "term.create", "cols": 80, "rows": 24, "command": ["/no/such/program"]}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e["code"], "spawn_failed", "{e}");
+    let e = c
+        .request(json!({"type": "term.create", "cols": 80, "rows": 24, "cwd": "../.."}))
+        .await
+        .unwrap_err();
+    assert_eq!(e["code"], "bad_path");
+    let e = c
+        .request(json!({"type": "term.attach", "terminal": 999}))
+        .await
+        .unwrap_err();
+    assert_eq!(e["code"], "not_found");
+    let e = c
+        .request(json!({"type": "term.create", "cols": 80, "rows": 24, "env": {"A=B": "x"}}))
+        .await
+        .unwrap_err();
+    assert_eq!(e["code"], "bad_request");
+    let e = c.request(json!({"type": "nope"})).await.unwrap_err();
+    assert_eq!(e["code"], "unknown_type");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_restores_a_vim_screen_without_replaying_queries() {
+    let ws = Workspace::start(&[]);
+    let mut a = ws.connect().await;
+    let t = a.create(json!({"cols": 80, "rows": 24})).await;
+    a.input(t, "echo before-vim\r").await;
+    a.wait_output(t, "before-vim\r\n").await;
+    a.input(t, "vim -u NONE -N -n notes.txt\r").await;
+    a.wait_output(t, "notes.txt").await;
+    a.input(t, "ihello from vim\x1b").await;
+    a.wait_output(t, "hello from vim").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let instance = a.welcome["instance"].clone();
+    a.close_ws().await;
+
+    // A new tab: same instance, the terminal is listed, attach gives a
+    // snapshot that rebuilds vim on a fresh terminal.
+    let mut b = ws.connect().await;
+    assert_eq!(b.welcome["instance"], instance);
+    assert!(b.welcome["terminals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["id"] == t));
+    let r = b
+        .request(json!({"type": "term.attach", "terminal": t}))
+        .await
+        .unwrap();
+    assert_eq!(r["responder"], true, "the only client answers queries");
+    let off = r["offset"].as_u64().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while b.end.get(&t) != Some(&off) {
+        assert!(std::time::Instant::now() < deadline, "no snapshot");
+        if let Some(m) = b.next(Duration::from_millis(200)).await {
+            b.events.push(m);
+        }
+    }
+    let snap = b.snapshots[&t].clone();
+    let mut p = vt100::Parser::new(24.try_into().unwrap(), 80.try_into().unwrap(), 1000);
+    p.process(&snap);
+    assert!(
+        p.screen().alternate_screen(),
+        "vim's screen is the alternate screen"
+    );
+    let screen = p.screen().contents();
+    assert!(screen.contains("hello from vim"), "{screen}");
+    assert!(screen.contains('~'), "vim's empty-line markers: {screen}");
+    let s = String::from_utf8_lossy(&snap);
+    for q in ["\x1b[c", "\x1b[>c", "\x1b[6n", "\x1b]11;?"] {
+        assert!(!s.contains(q), "snapshot contains the query {q:?}");
+    }
+    // Quitting vim shows the shell as it was before vim started.
+    b.input(t, ":q!\r").await;
+    // vim flushes typeahead when it restores the terminal: wait for the
+    // shell before typing.
+    b.wait_output(t, "\x1b[?1049l").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.input(t, "echo after-vim\r").await;
+    b.wait_output(t, "after-vim\r\n").await;
+    p.process(&b.output[&t]);
+    assert!(!p.screen().alternate_screen());
+    assert!(
+        p.screen().contents().contains("before-vim"),
+        "{}",
+        p.screen().contents()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_pauses_the_child_and_bounds_memory() {
+    let ws = Workspace::start(&[]);
+    let window = 1u64 << 20;
+    let mut c = ws.connect().await;
+    c.auto_ack = false;
+    let t = c
+        .create(json!({"command": ["sh", "-c", "head -c 200000000 /dev/zero | base64"]}))
+        .await;
+    // Read what the server sends without acknowledging anything.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        if let Some(m) = c.next(Duration::from_millis(100)).await {
+            c.events.push(m);
+        }
+    }
+    assert!(
+        c.output_bytes <= window,
+        "sent {} unacknowledged bytes",
+        c.output_bytes
+    );
+    assert!(
+        c.output_bytes >= window / 2,
+        "only {} bytes arrived",
+        c.output_bytes
+    );
+    // The child is paused: the stream's end does not move.
+    let mut other = ws.connect().await;
+    let end_of = |v: &serde_json::Value| {
+        v["terminals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == t)
+            .unwrap()["end_offset"]
+            .as_u64()
+            .unwrap()
+    };
+    let e1 = end_of(&other.request(json!({"type": "term.list"})).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let e2 = end_of(&other.request(json!({"type": "term.list"})).await.unwrap());
+    assert_eq!(
+        e1, e2,
+        "the server kept reading a terminal nobody acknowledged"
+    );
+    assert!(
+        e2 < window + (256 << 10),
+        "read {e2} bytes ahead of a stuck client"
+    );
+    let rss = rss_kib(ws.pty_pid());
+    assert!(
+        rss < 64 << 10,
+        "cove-pty RSS {rss} KiB while a client is stuck"
+    );
+    let (_, m) = http_get(&ws.admin, "/metrics");
+    assert!(m.contains("cove_pty_terminals_paused 1"), "{m}");
+    // Acknowledging resumes the flow.
+    c.auto_ack = true;
+    let e = c.end[&t];
+    c.ack(t, e).await;
+    let before = c.output_bytes;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.output_bytes < before + 4 * window {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "output did not resume"
+        );
+        if let Some(m) = c.next(Duration::from_millis(100)).await {
+            c.events.push(m);
+        }
+    }
+    // An ACK beyond what was sent is a protocol error.
+    let bad = c.end[&t] + 10 * window;
+    c.ack(t, bad).await;
+    assert_eq!(c.wait_close(Duration::from_secs(5)).await, Some(4000));
+    // The terminal outlives the connection.
+    let l = other.request(json!({"type": "term.list"})).await.unwrap();
+    assert_eq!(l["terminals"][0]["state"], "running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_share_a_terminal_and_dead_connections_are_dropped() {
+    let ws = Workspace::start(&["--ping-interval-ms", "200", "--dead-after-ms", "800"]);
+    let mut a = ws.connect().await;
+    let t = a.create(json!({})).await;
+    let mut b = ws.connect().await;
+    let r = b
+        .request(json!({"type": "term.attach", "terminal": t}))
+        .await
+        .unwrap();
+    assert_eq!(
+        r["responder"], false,
+        "the creator answers queries until someone else types"
+    );
+    b.input(t, "echo from-b\r").await;
+    b.wait_event("term.responder", |e| {
+        e["type"] == "term.responder" && e["responder"] == true
+    })
+    .await;
+    a.wait_output(t, "from-b\r\n").await;
+    b.wait_output(t, "from-b\r\n").await;
+    // b stops reading (no pongs): the server drops it, the terminal stays.
+    // a keeps reading (its library answers pings); b reads nothing.
+    let mut b = b;
+    let until = std::time::Instant::now() + Duration::from_millis(2500);
+    while std::time::Instant::now() < until {
+        if let Some(m) = a.next(Duration::from_millis(100)).await {
+            a.events.push(m);
+        }
+    }
+    // The close frame may be lost in the reset of a socket nobody reads;
+    // the metric says which close the server sent.
+    let code = b.wait_close(Duration::from_secs(5)).await;
+    assert!(matches!(code, Some(4001) | Some(1006)), "{code:?}");
+    let (_, m) = http_get(&ws.admin, "/metrics");
+    assert!(m.contains("cove_pty_close_total{code=\"4001\"} 1"), "{m}");
+    let l = a.request(json!({"type": "term.list"})).await.unwrap();
+    assert_eq!(l["terminals"][0]["state"], "running");
+    assert_eq!(l["terminals"][0]["attached"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_ends_every_session_and_leaves_no_zombies() {
+    let mut ws = Workspace::start(&[]);
+    let mut c = ws.connect().await;
+    let t = c.create(json!({})).await;
+    // An orphan: its parent exits at once, it is re-parented to cove-pty.
+    c.input(t, "(sleep 0.3 &) ; echo orphaned\r").await;
+    c.wait_output(t, "orphaned\r\n").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        zombie_children(ws.pty_pid()).is_empty(),
+        "the orphan was not reaped"
+    );
+    c.input(t, "trap '' HUP; sleep 1002\r").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = ws.pty_pid();
+    let st = ws.stop_pty();
+    assert!(st.success(), "{st:?}");
+    assert_eq!(c.wait_close(Duration::from_secs(5)).await, Some(4004));
+    let ps = std::process::Command::new("pgrep")
+        .args(["-f", "sleep 1002"])
+        .output()
+        .unwrap();
+    assert!(ps.stdout.is_empty(), "a session survived the stop");
+    assert!(zombie_children(pid).is_empty());
+}
