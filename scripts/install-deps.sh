@@ -4,7 +4,7 @@
 set -euo pipefail
 
 GARAGE_VERSION=2.5.0
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config rclone s3fs)
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config rclone s3fs vim-nox bsdutils procps)
 export PATH="$HOME/.cargo/bin:$PATH"
 
 step() { printf '[install-deps] %s\n' "$*"; }

@@ -34,7 +34,7 @@ struct Args {
     #[arg(long, default_value = "0.0.0.0:7083")]
     admin_listen: SocketAddr,
     /// Origins allowed to open the socket, e.g. http://localhost:7070 (repeatable).
-    #[arg(long = "allowed-origin", required = true)]
+    #[arg(long = "allowed-origin", required_unless_present = "issue_token")]
     allowed_origins: Vec<String>,
     /// Preview hosts are <id>.<domain> and <port>--<id>.<domain>.
     #[arg(long, default_value = "app.localhost")]
@@ -68,6 +68,11 @@ struct Args {
     ping_interval_ms: u64,
     #[arg(long, default_value_t = 45_000)]
     dead_after_ms: u64,
+    /// Print a token for --project, signed with COVE_TOKEN_SECRET and valid
+    /// for this many seconds, then exit (what the controller does per
+    /// request; for operators and scripts).
+    #[arg(long, value_name = "TTL_SECS")]
+    issue_token: Option<u64>,
 }
 
 fn main() -> Result<()> {
@@ -87,6 +92,11 @@ fn main() -> Result<()> {
         .collect();
     if secrets.is_empty() || secrets.iter().any(|s| s.len() < 32) {
         bail!("COVE_TOKEN_SECRET must hold secrets of at least 32 bytes, comma-separated");
+    }
+    if let Some(ttl) = args.issue_token {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        println!("{}", cove_pty::token::sign(&secrets[0], &args.project, now, ttl, None));
+        return Ok(());
     }
     // Before any thread exists: no child process may inherit the secret.
     std::env::remove_var("COVE_TOKEN_SECRET");
