@@ -344,3 +344,67 @@ async fn stopping_ends_every_session_and_leaves_no_zombies() {
     assert!(ps.stdout.is_empty(), "a session survived the stop");
     assert!(zombie_children(pid).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_client_gets_a_snapshot_and_input_to_a_stuck_child_is_bounded() {
+    let ws = Workspace::start(&[]);
+    let window = 1u64 << 20;
+    let mut fast = ws.connect().await;
+    let t = fast
+        .create(json!({"command": ["sh", "-c", "head -c 30000000 /dev/zero | base64; sleep 100"]}))
+        .await;
+    let mut slow = ws.connect().await;
+    slow.auto_ack = false;
+    slow.request(json!({"type": "term.attach", "terminal": t}))
+        .await
+        .unwrap();
+    // The fast client reads everything; the slow one gets one window.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while fast.end.get(&t).copied().unwrap_or(0) < 30_000_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fast client was held up"
+        );
+        tokio::select! {
+            m = fast.next(Duration::from_millis(50)) => { if let Some(m) = m { fast.events.push(m); } }
+            m = slow.next(Duration::from_millis(50)) => { if let Some(m) = m { slow.events.push(m); } }
+        }
+    }
+    assert!(
+        slow.output_bytes <= window,
+        "the slow client got {} bytes",
+        slow.output_bytes
+    );
+    // Once it acknowledges what it has, it is resynchronised by a snapshot
+    // at the current position instead of the bytes it missed.
+    assert_eq!(slow.snapshot_count.get(&t), Some(&1), "the attach snapshot");
+    let e = slow.end[&t];
+    slow.ack(t, e).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while slow.end[&t] < 30_000_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no resync snapshot: end {}",
+            slow.end[&t]
+        );
+        if let Some(m) = slow.next(Duration::from_millis(100)).await {
+            slow.events.push(m);
+        }
+    }
+    assert_eq!(slow.snapshot_count.get(&t), Some(&2), "a resync snapshot");
+
+    // A child that does not read its input: the queue is bounded and the
+    // overflow is reported, once per second at most.
+    let s = fast.create(json!({"command": ["sleep", "100"]})).await;
+    let chunk = "x".repeat(60_000);
+    for _ in 0..40 {
+        fast.input(s, &chunk).await;
+    }
+    let e = fast
+        .wait_event("input_dropped", |e| {
+            e["type"] == "error" && e["error"]["code"] == "input_dropped"
+        })
+        .await;
+    assert_eq!(e["id"], serde_json::Value::Null);
+    assert_eq!(e["error"]["details"]["terminal"], s);
+}

@@ -253,6 +253,8 @@ pub struct Client {
     pub output: HashMap<u32, Vec<u8>>,
     pub end: HashMap<u32, u64>,
     pub snapshots: HashMap<u32, Vec<u8>>,
+    /// Complete snapshots received per terminal.
+    pub snapshot_count: HashMap<u32, usize>,
     pub auto_ack: bool,
     pub closed: Option<(u16, String)>,
     pub output_bytes: u64,
@@ -302,6 +304,7 @@ impl Client {
             output: HashMap::new(),
             end: HashMap::new(),
             snapshots: HashMap::new(),
+            snapshot_count: HashMap::new(),
             auto_ack: true,
             closed: None,
             output_bytes: 0,
@@ -322,6 +325,7 @@ impl Client {
             output: HashMap::new(),
             end: HashMap::new(),
             snapshots: HashMap::new(),
+            snapshot_count: HashMap::new(),
             auto_ack: true,
             closed: None,
             output_bytes: 0,
@@ -434,6 +438,7 @@ impl Client {
                 }
                 s.extend_from_slice(payload);
                 if flags & 2 != 0 {
+                    *self.snapshot_count.entry(term).or_default() += 1;
                     self.end.insert(term, off);
                     self.output.insert(term, Vec::new());
                 }
