@@ -94,8 +94,13 @@ fn main() -> Result<()> {
         bail!("COVE_TOKEN_SECRET must hold secrets of at least 32 bytes, comma-separated");
     }
     if let Some(ttl) = args.issue_token {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-        println!("{}", cove_pty::token::sign(&secrets[0], &args.project, now, ttl, None));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        println!(
+            "{}",
+            cove_pty::token::sign(&secrets[0], &args.project, now, ttl, None)
+        );
         return Ok(());
     }
     // Before any thread exists: no child process may inherit the secret.
