@@ -103,13 +103,25 @@ pub async fn run(app: Arc<App>, socket: WebSocket) {
     });
     let fs_task = tokio::spawn(fs_worker(conn.clone(), fs_rx));
     let reason = read_loop(&conn, &mut stream).await;
-    if let Some((code, why)) = reason {
-        out.send(Out::Close(code, why));
-    }
-    // Leave: attachments and subscriptions end; terminals keep running.
+    // Leave at once: attachments and subscriptions end; terminals keep
+    // running. The closing handshake below may take a while.
     app.terms.leave(id);
     app.feed.leave(id);
     app.conns.lock().remove(&id);
+    if let Some((code, why)) = reason {
+        out.send(Out::Close(code, why));
+        // Closing handshake: read (and drop) until the client answers the
+        // close. Closing the socket with its frames unread would make the
+        // kernel send a reset, and the client would lose the close frame.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(Ok(m)) = stream.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
     fs_task.abort();
     drop(conn);
     drop(out);

@@ -212,6 +212,12 @@ async fn serve(args: Args, secrets: Vec<Vec<u8>>) -> Result<()> {
     let ide_app = cove_pty::server::ide_router(app.clone());
     let admin_app = cove_pty::server::admin_router(app.clone());
     let preview_app = cove_pty::preview::router(preview_cfg, activity, metrics);
+    // Keystroke echoes are tiny writes: without TCP_NODELAY, Nagle holds
+    // them back while earlier output is unacknowledged.
+    use axum::serve::ListenerExt;
+    let ide = ide.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move { axum::serve(ide, ide_app).await });
     tokio::spawn(async move {
         axum::serve(

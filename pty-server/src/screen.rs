@@ -270,3 +270,27 @@ mod tests {
         assert_eq!(incomplete_suffix(&j[..3]), Some(1));
     }
 }
+
+#[cfg(test)]
+mod speed {
+    /// How fast the emulator alone parses flood output (base64 lines).
+    /// `cargo test --release -p cove-pty --lib emulator_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn emulator_speed() {
+        let line = format!("{}\r\n", "A".repeat(76));
+        let chunk = line.repeat(4096 / line.len());
+        let total = 40usize << 20;
+        for scrollback in [0, 1000] {
+            let mut e = super::Emulator::new(24, 80, scrollback);
+            let t = std::time::Instant::now();
+            let mut n = 0;
+            while n < total {
+                e.process(chunk.as_bytes());
+                n += chunk.len();
+            }
+            let s = t.elapsed().as_secs_f64();
+            println!("scrollback {scrollback}: {:.1} MB/s", n as f64 / s / 1e6);
+        }
+    }
+}

@@ -2,9 +2,13 @@
 //! (protocol.md §6 and §7).
 //!
 //! A terminal belongs to the workspace, not to a connection. Per terminal
-//! one task reads the PTY, feeds the emulator and a ring of the last
-//! `window + 64 KiB` bytes, and pumps output to each attachment within its
-//! window of unacknowledged bytes. When every attachment is a full window
+//! one task reads the PTY into a ring of the last `window + 64 KiB` bytes
+//! and pumps output to each attachment within its window of unacknowledged
+//! bytes. The emulator runs on a thread of its own, beside the reader: it
+//! costs more CPU per byte than everything else together, and with it in
+//! the read loop a flood was read at half the PTY's rate. Snapshots are
+//! taken at the emulator's offset, which the reader never lets fall more
+//! than a window behind, so the ring always still holds what follows it. When every attachment is a full window
 //! behind, the task stops reading: the kernel's PTY buffer fills and the
 //! child blocks in write(2). That is the only bound needed: memory per
 //! terminal is the ring plus the emulator, whatever the clients do.
@@ -65,10 +69,15 @@ struct Att {
     lagging: bool,
 }
 
+/// The emulator and how much of the stream it has processed.
+pub struct EmuState {
+    emu: Emulator,
+    offset: u64,
+}
+
 struct State {
     cols: u16,
     rows: u16,
-    emu: Emulator,
     ring: VecDeque<u8>,
     ring_start: u64,
     end: u64,
@@ -92,6 +101,9 @@ pub struct Terminal {
     created_ms: u64,
     pty: Arc<AsyncFd<OwnedFd>>,
     st: Mutex<State>,
+    /// Lock order: `st` before `emu`. The emulator thread takes only `emu`.
+    emu: Arc<Mutex<EmuState>>,
+    emu_tx: std::sync::mpsc::Sender<Vec<u8>>,
     gate: Notify,
     input: mpsc::UnboundedSender<Vec<u8>>,
     input_queued: Arc<AtomicUsize>,
@@ -324,6 +336,11 @@ impl Terminals {
         let afd = Arc::new(afd);
         let limits = &self.cfg.limits;
         let (input_tx, input_rx) = mpsc::unbounded_channel();
+        let emu = Arc::new(Mutex::new(EmuState {
+            emu: Emulator::new(req.rows, req.cols, limits.scrollback_lines),
+            offset: 0,
+        }));
+        let (emu_tx, emu_rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let t = Arc::new(Terminal {
             id,
             name: req.name,
@@ -332,10 +349,11 @@ impl Terminals {
             pid,
             created_ms: crate::activity::now_ms(),
             pty: afd,
+            emu: emu.clone(),
+            emu_tx,
             st: Mutex::new(State {
                 cols: req.cols,
                 rows: req.rows,
-                emu: Emulator::new(req.rows, req.cols, limits.scrollback_lines),
                 ring: VecDeque::new(),
                 ring_start: 0,
                 end: 0,
@@ -357,6 +375,43 @@ impl Terminals {
             ring_cap: (limits.window_bytes + SEQUENCE_LOOKBACK) as usize,
             input_cap: limits.input_buffer_bytes,
         });
+        // The emulator thread ends when the terminal (its sender) is dropped.
+        let weak = Arc::downgrade(&t);
+        std::thread::Builder::new()
+            .name(format!("emu-{id}"))
+            .spawn(move || {
+                while let Ok(first) = emu_rx.recv() {
+                    // Take everything queued at once: one lock and one
+                    // wake-up of the reader per batch, not per read.
+                    let mut batch = vec![first];
+                    while let Ok(more) = emu_rx.try_recv() {
+                        batch.push(more);
+                    }
+                    {
+                        let mut e = emu.lock();
+                        for chunk in &batch {
+                            e.emu.process(chunk);
+                            e.offset += chunk.len() as u64;
+                        }
+                    }
+                    // The reader may wait for the emulator to catch up.
+                    match weak.upgrade() {
+                        Some(t) => t.gate.notify_one(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| {
+                // No emulator, no terminal: do not leave its process behind.
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::SIGKILL,
+                );
+                ApiError::new(
+                    Code::Internal,
+                    format!("cannot start the terminal's emulator thread: {e}"),
+                )
+            })?;
         self.inner.lock().terms.insert(id, t.clone());
         if req.attach {
             let mut s = t.st.lock();
@@ -403,7 +458,7 @@ impl Terminals {
     pub fn attach(&self, id: u32, out: &Outbox, reply_id: u64) -> ApiResult<()> {
         let t = self.get(id)?;
         let mut s = t.st.lock();
-        let off = snapshot_offset(&s);
+        let (off, snap) = snapshot(&s, &t.emu.lock());
         if !s.atts.contains_key(&out.conn) {
             s.order.push(out.conn);
         }
@@ -427,8 +482,8 @@ impl Terminals {
             reply_id,
             json!({"terminal": t.info_locked(&s), "offset": off, "responder": responder}),
         ));
-        send_snapshot(&s, t.id, out, off);
-        pump(&mut s, t.id, out.conn, t.window);
+        send_snapshot(t.id, out, off, &snap);
+        pump(&mut s, &t.emu, t.id, out.conn, t.window);
         drop(s);
         t.gate.notify_one();
         Ok(())
@@ -455,7 +510,7 @@ impl Terminals {
         s.cols = cols;
         s.rows = rows;
         set_winsize(t.pty.get_ref(), rows, cols);
-        s.emu.resize(rows, cols);
+        t.emu.lock().emu.resize(rows, cols);
         let msg =
             json!({"type": "term.resized", "terminal": id, "cols": cols, "rows": rows}).to_string();
         for a in s.atts.values() {
@@ -530,7 +585,7 @@ impl Terminals {
             return true;
         }
         a.acked = offset;
-        pump(&mut s, t.id, conn, t.window);
+        pump(&mut s, &t.emu, t.id, conn, t.window);
         drop(s);
         t.gate.notify_one();
         true
@@ -596,20 +651,23 @@ fn not_attached(id: u32) -> ApiError {
         .with(json!({ "terminal": id }))
 }
 
-/// Where a snapshot taken now stands: the end of the stream, or the start
-/// of a sequence the emulator has only partly seen.
-fn snapshot_offset(s: &State) -> u64 {
-    let keep = (s.end - s.ring_start).min(SEQUENCE_LOOKBACK) as usize;
-    let from = s.ring.len() - keep;
-    let tail: Vec<u8> = s.ring.range(from..).copied().collect();
-    match incomplete_suffix(&tail) {
-        Some(b) => s.end - (tail.len() - b) as u64,
-        None => s.end,
-    }
+/// A snapshot and the offset it stands at: where the emulator is, or the
+/// start of a sequence it has only partly seen there.
+fn snapshot(s: &State, e: &EmuState) -> (u64, Vec<u8>) {
+    // The ring holds [ring_start, end); the emulator is at most a window
+    // behind `end`, so the lookback before its offset is still there.
+    let at = e.offset.clamp(s.ring_start, s.end);
+    let keep = (at - s.ring_start).min(SEQUENCE_LOOKBACK) as usize;
+    let to = (at - s.ring_start) as usize;
+    let tail: Vec<u8> = s.ring.range(to - keep..to).copied().collect();
+    let off = match incomplete_suffix(&tail) {
+        Some(b) => at - (tail.len() - b) as u64,
+        None => at,
+    };
+    (off, e.emu.snapshot())
 }
 
-fn send_snapshot(s: &State, id: u32, out: &Outbox, off: u64) {
-    let snap = s.emu.snapshot();
+fn send_snapshot(id: u32, out: &Outbox, off: u64, snap: &[u8]) {
     let chunks: Vec<&[u8]> = if snap.is_empty() {
         vec![&[][..]]
     } else {
@@ -635,7 +693,7 @@ fn send_snapshot(s: &State, id: u32, out: &Outbox, off: u64) {
 }
 
 /// Sends one attachment what its window allows (§7 F1, F5).
-fn pump(s: &mut State, id: u32, conn: u64, window: u64) {
+fn pump(s: &mut State, emu: &Mutex<EmuState>, id: u32, conn: u64, window: u64) {
     let ring_start = s.ring_start;
     let end = s.end;
     let Some(a) = s.atts.get(&conn) else { return };
@@ -644,9 +702,9 @@ fn pump(s: &mut State, id: u32, conn: u64, window: u64) {
         // The bytes it needs are gone. Once it has processed what it has,
         // a snapshot puts its screen right again.
         if acked >= sent {
-            let off = snapshot_offset(s);
+            let (off, snap) = snapshot(s, &emu.lock());
             let out = s.atts[&conn].out.clone();
-            send_snapshot(s, id, &out, off);
+            send_snapshot(id, &out, off, &snap);
             if let Some(a) = s.atts.get_mut(&conn) {
                 a.sent = off;
                 a.acked = off;
@@ -689,7 +747,7 @@ impl Terminal {
             cwd: self.cwd.clone(),
             cols: s.cols,
             rows: s.rows,
-            title: s.emu.title().to_string(),
+            title: self.emu.lock().emu.title().to_string(),
             state: if s.exit.is_some() {
                 "exited"
             } else {
@@ -726,12 +784,15 @@ impl Terminal {
         self.gate.notify_one();
     }
 
-    /// §7 F3: read while nobody is attached or someone has window left.
+    /// §7 F3: read while nobody is attached or someone has window left,
+    /// and while the emulator is less than a window behind.
     fn may_read(&self, s: &State) -> bool {
-        s.atts.is_empty()
-            || s.atts
-                .values()
-                .any(|a| s.end - a.acked.min(s.end) < self.window)
+        let emu_behind = s.end - self.emu.lock().offset.min(s.end);
+        emu_behind < self.window
+            && (s.atts.is_empty()
+                || s.atts
+                    .values()
+                    .any(|a| s.end - a.acked.min(s.end) < self.window))
     }
 }
 
@@ -791,7 +852,8 @@ async fn reader(terms: Arc<Terminals>, t: Arc<Terminal>) {
             .inc_by(n as u64);
         let mut s = t.st.lock();
         let data = &buf[..n];
-        s.emu.process(data);
+        // A send fails only if the emulator thread is gone (terminal dropped).
+        let _ = t.emu_tx.send(data.to_vec());
         s.ring.extend(data);
         s.end += n as u64;
         if s.ring.len() > t.ring_cap {
@@ -801,7 +863,7 @@ async fn reader(terms: Arc<Terminals>, t: Arc<Terminal>) {
         }
         let conns: Vec<u64> = s.atts.keys().copied().collect();
         for c in conns {
-            pump(&mut s, t.id, c, t.window);
+            pump(&mut s, &t.emu, t.id, c, t.window);
         }
     }
     {
