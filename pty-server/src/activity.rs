@@ -18,6 +18,7 @@ pub fn now_ms() -> u64 {
 pub struct Activity {
     last_active_ms: AtomicU64,
     last_preview_ms: AtomicU64,
+    last_output_ms: AtomicU64,
 }
 
 impl Default for Activity {
@@ -31,6 +32,7 @@ impl Activity {
         Activity {
             last_active_ms: AtomicU64::new(now_ms()),
             last_preview_ms: AtomicU64::new(0),
+            last_output_ms: AtomicU64::new(0),
         }
     }
 
@@ -44,6 +46,16 @@ impl Activity {
         let now = now_ms();
         self.last_active_ms.fetch_max(now, Ordering::Relaxed);
         self.last_preview_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Terminal output: reported separately, so that the controller can
+    /// decide whether a long job that prints keeps a workspace alive.
+    pub fn touch_output(&self) {
+        self.last_output_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn last_output_ms(&self) -> u64 {
+        self.last_output_ms.load(Ordering::Relaxed)
     }
 
     pub fn last_active_ms(&self) -> u64 {

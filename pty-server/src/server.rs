@@ -239,6 +239,7 @@ pub fn admin_router(app: Arc<App>) -> Router {
                     "terminals": all,
                     "running_terminals": running,
                     "last_preview_ms": app.activity.last_preview_ms(),
+                    "last_output_ms": app.activity.last_output_ms(),
                 }))
             }),
         )

@@ -850,6 +850,7 @@ async fn reader(terms: Arc<Terminals>, t: Arc<Terminal>) {
                 dir: "output".into(),
             })
             .inc_by(n as u64);
+        terms.activity.touch_output();
         let mut s = t.st.lock();
         let data = &buf[..n];
         // A send fails only if the emulator thread is gone (terminal dropped).

@@ -295,7 +295,10 @@ async fn upgrades_without_valid_credentials_are_refused_before_anything_runs() {
     assert_eq!(http_get(&ws.admin, "/healthz").0, 200);
     let (code, act) = http_get(&ws.admin, "/activity");
     assert_eq!(code, 200);
-    assert!(act.contains("last_active_ms"));
+    assert!(
+        act.contains("last_active_ms") && act.contains("\"last_output_ms\":0"),
+        "{act}"
+    );
 
     // Protocol violations close the connection with the documented codes.
     let raw = try_connect(&ws.ide, Some(&p(&good)), Some(ORIGIN))

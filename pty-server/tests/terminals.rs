@@ -16,6 +16,12 @@ async fn round_trip_resize_interrupt_and_exit_status() {
     c.input(t, "echo \"$GREETING from $COVE_PROJECT on $PORT\"\r")
         .await;
     c.wait_output(t, "hé llo from demo on 3000").await;
+    let (_, act) = http_get(&ws.admin, "/activity");
+    let act: serde_json::Value = serde_json::from_str(&act).unwrap();
+    assert!(
+        act["last_output_ms"].as_u64().unwrap() > 0,
+        "terminal output is reported: {act}"
+    );
     // The secret never reaches the shell.
     c.input(t, "echo \"secret=[${COVE_TOKEN_SECRET:-none}]\"\r")
         .await;

@@ -296,19 +296,7 @@ impl Client {
             Some(origin),
         )
         .await?;
-        let mut c = Client {
-            ws,
-            next_id: 1,
-            welcome: Value::Null,
-            events: Vec::new(),
-            output: HashMap::new(),
-            end: HashMap::new(),
-            snapshots: HashMap::new(),
-            snapshot_count: HashMap::new(),
-            auto_ack: true,
-            closed: None,
-            output_bytes: 0,
-        };
+        let mut c = Client::raw(ws);
         c.welcome = c
             .request(json!({"type": "hello", "protocol": 1, "client": "test"}))
             .await
