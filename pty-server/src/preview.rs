@@ -615,6 +615,47 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Touching<T> {
     }
 }
 
+/// A reverse proxy to one local port with the preview's forwarding rules:
+/// hop-by-hop headers, `X-Forwarded-*`, WebSocket tunnels and the status
+/// pages. The controller's gateway uses it to reach a workspace's
+/// listeners, so both hops behave the same.
+pub struct Upstream {
+    shared: Arc<Shared>,
+}
+
+impl Upstream {
+    pub fn new(forwarded_proto: &str) -> Self {
+        let cfg = Arc::new(PreviewConfig {
+            project: String::new(),
+            domain: String::new(),
+            default_port: 0,
+            reserved_ports: Vec::new(),
+            forwarded_proto: forwarded_proto.to_string(),
+        });
+        Upstream {
+            shared: Arc::new(Shared {
+                suffix: String::new(),
+                project: String::new(),
+                cfg,
+                activity: Arc::new(Activity::new()),
+                metrics: Arc::new(Metrics::new()),
+                timeout: UPSTREAM_TIMEOUT,
+            }),
+        }
+    }
+
+    /// Forwards `req` to 127.0.0.1:`port` (or [::1]); a status page when
+    /// nothing answers there.
+    pub async fn forward(&self, req: Request, port: u16) -> Response<Body> {
+        let html = accepts_html(req.headers());
+        let raw = raw_host(&req).unwrap_or_default();
+        match forward(&self.shared, req, port, &raw).await {
+            Ok(r) => r,
+            Err(rej) => rej.into_response(html, port),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use cove_sync::format::{keys, CommitId};
 use cove_sync::fsutil::Root;
 use cove_sync::hydrate::{self, Owner, Progress};
 use cove_sync::journal::Journal;
-use cove_sync::snapshot::{self, BlobSink};
+use cove_sync::snapshot;
 use cove_sync::store::{self, DynStore};
 use cove_sync::workspace::{self, Workspace};
 use cove_sync::{api, fuse, watch};
@@ -312,9 +312,9 @@ fn parse_owner(s: &str) -> Result<Owner> {
 }
 
 async fn tree_of_dir(store: &DynStore, dir: &Path) -> Result<cove_sync::tree::Tree> {
-    let root = Root::open(dir).with_context(|| format!("opening {}", dir.display()))?;
-    let blobs = BlobSink::new(store.clone(), tokio::runtime::Handle::current());
-    Ok(tokio::task::spawn_blocking(move || snapshot::tree_from_dir(&root, &blobs)).await??)
+    snapshot::tree_of_dir(store, dir)
+        .await
+        .with_context(|| format!("reading {}", dir.display()))
 }
 
 fn fuse_usable() -> bool {

@@ -332,3 +332,20 @@ pub fn tree_from_dir(root: &Root, blobs: &BlobSink) -> Result<Tree, ReadError> {
     }
     Ok(tree)
 }
+
+/// Reads a whole directory into a tree, uploading large files' chunks to
+/// `store` on the way (the import of `create --from-dir`, templates, the
+/// controller). The walk runs on the blocking pool.
+pub async fn tree_of_dir(store: &DynStore, dir: &std::path::Path) -> Result<Tree, ReadError> {
+    let root = crate::fsutil::Root::open(dir).map_err(|source| ReadError::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let blobs = BlobSink::new(store.clone(), tokio::runtime::Handle::current());
+    tokio::task::spawn_blocking(move || tree_from_dir(&root, &blobs))
+        .await
+        .map_err(|e| ReadError::Io {
+            path: "(walk)".into(),
+            source: io::Error::other(e),
+        })?
+}

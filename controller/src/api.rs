@@ -1,0 +1,445 @@
+//! The HTTP API (docs/api.md) and the gateway (§6) on one listener.
+
+use crate::error::{ApiError, ApiResult};
+use crate::projects::{Project, Projects, Template};
+use crate::runtime::{Runtime, StartSpec, State, Status};
+use axum::body::Body;
+use axum::extract::{Path, Request, State as AxState};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Controller {
+    pub projects: Projects,
+    pub templates: Vec<Template>,
+    pub runtime: Box<dyn Runtime>,
+    pub token_secret: String,
+    /// `localhost:7070`: the UI and API host, and the base of workspace hosts.
+    pub host: String,
+    pub domain: String,
+    pub upstream: cove_pty::preview::Upstream,
+}
+
+pub type Shared = Arc<Controller>;
+
+impl Controller {
+    fn port_suffix(&self) -> String {
+        self.host
+            .rsplit_once(':')
+            .map(|(_, p)| format!(":{p}"))
+            .unwrap_or_default()
+    }
+
+    fn workspace_json(&self, id: &str, s: &Status, with_token: bool) -> Value {
+        let sfx = self.port_suffix();
+        let d = &self.domain;
+        let (token, exp) = if with_token {
+            let now = cove_sync::journal::now_ms() / 1000;
+            let t = cove_pty::token::sign(self.token_secret.as_bytes(), id, now, 300, None);
+            (Some(t), Some((now + 300) * 1000))
+        } else {
+            (None, None)
+        };
+        json!({
+            "project": id,
+            "state": s.state,
+            "reason": s.reason,
+            "mode": s.mode,
+            "hydration": s.hydration,
+            "app_port": s.app_port,
+            "started_ms": s.started_ms,
+            "urls": {
+                "ide_socket": format!("ws://{id}.ide.{d}{sfx}/ws"),
+                "preview": format!("http://{id}.app.{d}{sfx}/"),
+                "preview_port": format!("http://{{port}}--{id}.app.{d}{sfx}/"),
+            },
+            "token": token,
+            "token_expires_ms": exp,
+        })
+    }
+
+    fn project_json(&self, p: &Project) -> Value {
+        let mut v = serde_json::to_value(p).unwrap_or_default();
+        v["workspace_state"] = json!(self.runtime.status(&p.id).state);
+        v
+    }
+
+    async fn start(&self, id: &str) -> ApiResult<Status> {
+        self.projects.get(id).await?;
+        let st = self.runtime.status(id);
+        if matches!(st.state, State::Starting | State::Ready) {
+            return Ok(st);
+        }
+        if st.state == State::Stopping {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "the workspace is stopping",
+            )
+            .with(json!({"state": st.state})));
+        }
+        // A new epoch above every earlier claim fences any older writer.
+        let epoch = self
+            .projects
+            .journal(id)
+            .max_claim()
+            .await
+            .map_err(ApiError::store)?
+            + 1;
+        let _ = self.projects.touch_opened(id).await;
+        self.runtime
+            .start(StartSpec {
+                project: id.to_string(),
+                epoch,
+            })
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "workspace_failed", e.to_string()))
+    }
+}
+
+async fn parse_body(req: Request) -> ApiResult<Value> {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let bytes = axum::body::to_bytes(req.into_body(), 64 << 10)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "body over 64 KiB",
+            )
+            .with(json!({"limit": 65536}))
+        })?;
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    if !ct.starts_with("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "request bodies must be application/json",
+        ));
+    }
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("invalid JSON: {e}"),
+        )
+    })?;
+    if !v.is_object() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            "the body must be a JSON object",
+        ));
+    }
+    Ok(v)
+}
+
+fn only_fields(v: &Value, allowed: &[&str]) -> ApiResult<()> {
+    if let Value::Object(m) = v {
+        if let Some(k) = m.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(ApiError::bad_request(k, format!("unknown field `{k}`")));
+        }
+    }
+    Ok(())
+}
+
+fn string_field<'a>(v: &'a Value, f: &str) -> ApiResult<&'a str> {
+    v.get(f)
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request(f, format!("`{f}` must be a string")))
+}
+
+async fn list_templates(AxState(c): AxState<Shared>) -> Json<Value> {
+    Json(json!({ "templates": c.templates }))
+}
+
+async fn list_projects(AxState(c): AxState<Shared>) -> ApiResult<Json<Value>> {
+    let ps = c.projects.list().await?;
+    Ok(Json(
+        json!({"projects": ps.iter().map(|p| c.project_json(p)).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn create_project(AxState(c): AxState<Shared>, req: Request) -> ApiResult<Response> {
+    let v = parse_body(req).await?;
+    only_fields(&v, &["name", "template"])?;
+    let name = string_field(&v, "name")?;
+    let tname = string_field(&v, "template")?;
+    let t = c
+        .templates
+        .iter()
+        .find(|t| t.name == tname)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unknown_template",
+                format!("no template {tname:?}"),
+            )
+            .with(json!({"template": tname}))
+        })?;
+    let p = c.projects.create(name, t).await?;
+    let mut r = (StatusCode::CREATED, Json(c.project_json(&p))).into_response();
+    if let Ok(v) = format!("/api/projects/{}", p.id).parse() {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(r)
+}
+
+async fn get_project(
+    AxState(c): AxState<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let p = c.projects.get(&id).await?;
+    Ok(Json(c.project_json(&p)))
+}
+
+async fn patch_project(
+    AxState(c): AxState<Shared>,
+    Path(id): Path<String>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let v = parse_body(req).await?;
+    only_fields(&v, &["name"])?;
+    let p = c.projects.rename(&id, string_field(&v, "name")?).await?;
+    Ok(Json(c.project_json(&p)))
+}
+
+async fn delete_project(
+    AxState(c): AxState<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    c.projects.get(&id).await?;
+    let _ = c.runtime.stop(&id, Some("project deleted".into())).await;
+    c.projects.delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn fork_project(
+    AxState(c): AxState<Shared>,
+    Path(id): Path<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    let v = parse_body(req).await?;
+    only_fields(&v, &["name"])?;
+    let name = match v.get("name") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.as_str()),
+        _ => return Err(ApiError::bad_request("name", "`name` must be a string")),
+    };
+    let src = c.projects.get(&id).await?;
+    // A running source is flushed first so the fork has what was saved.
+    let st = c.runtime.status(&id);
+    if matches!(st.state, State::Starting | State::Ready) {
+        if let Some(_admin) = st.admin_port {
+            // The sidecar commits within about a second of a change; the
+            // fork copies the last checkpoint and tail.
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+    }
+    let p = c.projects.fork(&src, name).await?;
+    Ok((StatusCode::CREATED, Json(c.project_json(&p))).into_response())
+}
+
+async fn workspace_status(
+    AxState(c): AxState<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    c.projects.get(&id).await?;
+    Ok(Json(c.workspace_json(&id, &c.runtime.status(&id), false)))
+}
+
+async fn workspace_start(
+    AxState(c): AxState<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let st = c.start(&id).await?;
+    Ok(Json(c.workspace_json(&id, &st, true)))
+}
+
+async fn workspace_stop(
+    AxState(c): AxState<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    c.projects.get(&id).await?;
+    let st =
+        c.runtime.stop(&id, None).await.map_err(|e| {
+            ApiError::new(StatusCode::BAD_GATEWAY, "workspace_failed", e.to_string())
+        })?;
+    Ok(Json(c.workspace_json(&id, &st, false)))
+}
+
+async fn workspace_token(
+    AxState(c): AxState<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    c.projects.get(&id).await?;
+    let st = c.runtime.status(&id);
+    if !matches!(st.state, State::Starting | State::Ready) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "workspace_not_running",
+            "start the workspace before asking for a token",
+        )
+        .with(json!({"state": st.state})));
+    }
+    Ok(Json(c.workspace_json(&id, &st, true)))
+}
+
+async fn history(AxState(c): AxState<Shared>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    c.projects.get(&id).await?;
+    let commits = c
+        .projects
+        .journal(&id)
+        .history(100)
+        .await
+        .map_err(ApiError::store)?;
+    let out: Vec<Value> = commits
+        .iter()
+        .map(|ci| {
+            json!({
+                "epoch": ci.id.epoch, "seq": ci.id.seq, "time_ms": ci.time_ms,
+                "files_changed": ci.paths.len(),
+                "paths": ci.paths.iter().take(100).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "commits": out })))
+}
+
+pub fn api_router(c: Shared) -> Router {
+    Router::new()
+        .route("/api/templates", get(list_templates))
+        .route("/api/projects", get(list_projects).post(create_project))
+        .route(
+            "/api/projects/{id}",
+            get(get_project).patch(patch_project).delete(delete_project),
+        )
+        .route("/api/projects/{id}/fork", post(fork_project))
+        .route("/api/projects/{id}/workspace", get(workspace_status))
+        .route("/api/projects/{id}/workspace/start", post(workspace_start))
+        .route("/api/projects/{id}/workspace/stop", post(workspace_stop))
+        .route("/api/projects/{id}/workspace/token", post(workspace_token))
+        .route("/api/projects/{id}/history", get(history))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed",
+            )
+        })
+        .fallback(|| async { ApiError::not_found() })
+        .with_state(c)
+}
+
+/// Which workspace host a request is for (§6).
+enum Route {
+    Api,
+    Ide(String),
+    App(String),
+}
+
+fn route(c: &Controller, req: &Request) -> Route {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+    if let Some(label) = name.strip_suffix(&format!(".ide.{}", c.domain)) {
+        return Route::Ide(label.to_string());
+    }
+    if let Some(label) = name.strip_suffix(&format!(".app.{}", c.domain)) {
+        // `<port>--<id>`: the id is after the first `--` of a digits prefix.
+        let id = match label.split_once("--") {
+            Some((p, id)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => id,
+            _ => label,
+        };
+        return Route::App(id.to_string());
+    }
+    Route::Api
+}
+
+/// The whole listener: API for the controller's host, the gateway for
+/// workspace hosts.
+pub async fn gateway(AxState((c, api)): AxState<(Shared, Router)>, req: Request) -> Response {
+    use tower::ServiceExt;
+    match route(&c, &req) {
+        Route::Api => api.oneshot(req).await.unwrap_or_else(|e| match e {}),
+        Route::Ide(id) => match ensure_started(&c, &id, Duration::from_secs(120)).await {
+            Ok(st) => match st.ide_port {
+                Some(port) => c.upstream.forward(req, port).await,
+                None => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "starting",
+                    "the workspace is starting",
+                )
+                .into_response(),
+            },
+            Err(e) => e.into_response(),
+        },
+        Route::App(id) => match ensure_started(&c, &id, Duration::ZERO).await {
+            Ok(st) if st.state == State::Ready && st.preview_port.is_some() => {
+                c.upstream
+                    .forward(req, st.preview_port.unwrap_or_default())
+                    .await
+            }
+            Ok(st) => starting_page(&id, &st),
+            Err(e) => e.into_response(),
+        },
+    }
+}
+
+/// Starts a stopped workspace; waits up to `wait` for it to be ready.
+async fn ensure_started(c: &Controller, id: &str, wait: Duration) -> ApiResult<Status> {
+    let mut st = c.runtime.status(id);
+    if st.state == State::Failed {
+        return Ok(st);
+    }
+    if st.state != State::Ready {
+        st = c.start(id).await?;
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    while st.state == State::Starting && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        st = c.runtime.status(id);
+    }
+    Ok(st)
+}
+
+fn starting_page(id: &str, st: &Status) -> Response {
+    let what = match (st.state, &st.reason) {
+        (State::Failed, Some(r)) => format!("The workspace failed: {r}"),
+        _ => "Starting the workspace…".to_string(),
+    };
+    let html = format!(
+        "<!doctype html><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"1\">\
+         <title>{id}</title><body style=\"font-family:system-ui;margin:3rem\"><h1>{what}</h1>\
+         <p>This page reloads by itself.</p></body>"
+    );
+    let mut r = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        Body::from(html),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    r
+}

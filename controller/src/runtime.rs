@@ -1,0 +1,388 @@
+//! Where workspaces run. The API and the gateway only see [`Runtime`]; the
+//! local runtime runs each workspace as two child processes (cove-sync and
+//! cove-pty), and a Kubernetes runtime will create pods behind the same
+//! trait.
+
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Stopped,
+    Starting,
+    Ready,
+    Stopping,
+    Failed,
+}
+
+/// What the API reports about one workspace.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub state: State,
+    pub reason: Option<String>,
+    pub mode: Option<String>,
+    pub hydration: Option<serde_json::Value>,
+    pub app_port: Option<u16>,
+    pub started_ms: Option<u64>,
+    /// Where the gateway sends `<id>.ide.*` and `<id>.app.*`.
+    #[serde(skip)]
+    pub ide_port: Option<u16>,
+    #[serde(skip)]
+    pub preview_port: Option<u16>,
+    #[serde(skip)]
+    pub admin_port: Option<u16>,
+}
+
+impl Status {
+    pub fn stopped(reason: Option<String>) -> Self {
+        Status {
+            state: State::Stopped,
+            reason,
+            mode: None,
+            hydration: None,
+            app_port: None,
+            started_ms: None,
+            ide_port: None,
+            preview_port: None,
+            admin_port: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub struct StartSpec {
+    pub project: String,
+    /// Fencing epoch for the sidecar, above every earlier one (storage.md).
+    pub epoch: u64,
+}
+
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync {
+    /// Starts the workspace if it is not running; returns at once, with
+    /// the workspace `starting` (or already `ready`).
+    async fn start(&self, spec: StartSpec) -> Result<Status, RuntimeError>;
+    /// Stops it: cove-pty first (terminals end), then the sidecar, whose
+    /// final flush puts every change in the store. Returns when stopped.
+    async fn stop(&self, project: &str, reason: Option<String>) -> Result<Status, RuntimeError>;
+    fn status(&self, project: &str) -> Status;
+    fn running(&self) -> Vec<String>;
+    /// Controller shutdown: stop everything.
+    async fn shutdown(&self);
+}
+
+pub struct LocalConfig {
+    pub bin_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub store_url: String,
+    pub mode: String,
+    pub token_secret: String,
+    pub allowed_origin: String,
+    pub preview_domain: String,
+    pub preview_url: String,
+    pub preview_port_url: String,
+}
+
+struct Running {
+    status: Status,
+    sidecar: Option<Child>,
+    pty: Option<Child>,
+}
+
+pub struct LocalRuntime {
+    cfg: LocalConfig,
+    ws: parking_lot::Mutex<HashMap<String, Running>>,
+    /// Serializes start and stop per controller: they are rare and short.
+    ops: tokio::sync::Mutex<()>,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn term(child: &Child) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::SIGTERM,
+        );
+    }
+}
+
+/// Waits for a line starting with `prefix` on the child's stdout.
+async fn wait_line(child: &mut Child, prefix: &str, timeout: Duration) -> Option<String> {
+    let out = child.stdout.take()?;
+    let mut lines = BufReader::new(out).lines();
+    let r = tokio::time::timeout(timeout, async {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if l.starts_with(prefix) {
+                return Some(l);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    // Keep draining so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    r
+}
+
+impl LocalRuntime {
+    pub fn new(cfg: LocalConfig) -> Arc<Self> {
+        Arc::new(LocalRuntime {
+            cfg,
+            ws: parking_lot::Mutex::new(HashMap::new()),
+            ops: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn set(&self, project: &str, f: impl FnOnce(&mut Status)) {
+        if let Some(r) = self.ws.lock().get_mut(project) {
+            f(&mut r.status);
+        }
+    }
+
+    async fn launch(self: Arc<Self>, spec: StartSpec) -> Result<(), String> {
+        let p = spec.project.clone();
+        let dir = self.cfg.data_dir.join("workspaces").join(&p);
+        let (cache, root) = (dir.join("cache"), dir.join("workspace"));
+        std::fs::create_dir_all(&cache).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+        let port = |_| free_port().map_err(|e| e.to_string());
+        let (api, ide, preview, admin, app) = (port(0)?, port(1)?, port(2)?, port(3)?, port(4)?);
+        let mut sidecar = Command::new(self.cfg.bin_dir.join("cove-sync"))
+            .args(["--store", &self.cfg.store_url, "serve", "--project", &p])
+            .arg("--workspace")
+            .arg(&root)
+            .arg("--cache")
+            .arg(&cache)
+            .args(["--mode", &self.cfg.mode, "--epoch", &spec.epoch.to_string()])
+            .args(["--api", &format!("127.0.0.1:{api}")])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start cove-sync: {e}"))?;
+        let ready = wait_line(&mut sidecar, "ready", Duration::from_secs(600)).await;
+        if ready.is_none() {
+            let st = sidecar.try_wait().ok().flatten();
+            let _ = sidecar.kill().await;
+            return Err(format!("cove-sync did not become ready ({st:?})"));
+        }
+        let mut pty = Command::new(self.cfg.bin_dir.join("cove-pty"))
+            .args(["--project", &p])
+            .arg("--root")
+            .arg(&root)
+            .args(["--sidecar", &format!("http://127.0.0.1:{api}")])
+            .args(["--listen", &format!("127.0.0.1:{ide}")])
+            .args(["--preview-listen", &format!("127.0.0.1:{preview}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--allowed-origin", &self.cfg.allowed_origin])
+            .args(["--preview-domain", &self.cfg.preview_domain])
+            .args(["--preview-url", &self.cfg.preview_url.replace("{id}", &p)])
+            .args([
+                "--preview-port-url",
+                &self.cfg.preview_port_url.replace("{id}", &p),
+            ])
+            .args(["--app-port", &app.to_string()])
+            .current_dir(&root)
+            .env("COVE_TOKEN_SECRET", &self.cfg.token_secret)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start cove-pty: {e}"))?;
+        if wait_line(&mut pty, "listening", Duration::from_secs(30))
+            .await
+            .is_none()
+        {
+            term(&sidecar);
+            let _ = pty.kill().await;
+            let _ = sidecar.wait().await;
+            return Err("cove-pty did not start".into());
+        }
+        let mode = if self.cfg.mode == "watch" {
+            "watch"
+        } else {
+            "fuse"
+        };
+        {
+            let mut ws = self.ws.lock();
+            let Some(r) = ws.get_mut(&p) else {
+                return Err("stopped while starting".into());
+            };
+            r.status.mode = Some(mode.into());
+            r.status.app_port = Some(app);
+            r.status.ide_port = Some(ide);
+            r.status.preview_port = Some(preview);
+            r.status.admin_port = Some(admin);
+            r.sidecar = Some(sidecar);
+            r.pty = Some(pty);
+        }
+        // Ready when cove-pty says so (it follows the sidecar's readiness).
+        let http = reqwest::Client::new();
+        for _ in 0..600 {
+            let ok = http
+                .get(format!("http://127.0.0.1:{admin}/readyz"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                self.set(&p, |s| {
+                    if s.state == State::Starting {
+                        s.state = State::Ready;
+                    }
+                });
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::spawn(self.clone().supervise(p));
+        Ok(())
+    }
+
+    /// Marks the workspace failed, with the reason, when a child exits on
+    /// its own.
+    async fn supervise(self: Arc<Self>, p: String) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut ws = self.ws.lock();
+            let Some(r) = ws.get_mut(&p) else { return };
+            if !matches!(r.status.state, State::Starting | State::Ready) {
+                return;
+            }
+            let mut died = None;
+            if let Some(Ok(Some(st))) = r.sidecar.as_mut().map(Child::try_wait) {
+                died = Some(format!("cove-sync exited ({st})"));
+            } else if let Some(Ok(Some(st))) = r.pty.as_mut().map(Child::try_wait) {
+                died = Some(format!("cove-pty exited ({st})"));
+            }
+            if let Some(reason) = died {
+                tracing::warn!(project = %p, %reason, "workspace failed");
+                for c in [r.pty.as_ref(), r.sidecar.as_ref()].into_iter().flatten() {
+                    term(c);
+                }
+                r.status.state = State::Failed;
+                r.status.reason = Some(reason);
+                return;
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for Arc<LocalRuntime> {
+    async fn start(&self, spec: StartSpec) -> Result<Status, RuntimeError> {
+        let _g = self.ops.lock().await;
+        let p = spec.project.clone();
+        {
+            let mut ws = self.ws.lock();
+            if let Some(r) = ws.get(&p) {
+                if matches!(r.status.state, State::Starting | State::Ready) {
+                    return Ok(r.status.clone());
+                }
+            }
+            let mut status = Status::stopped(None);
+            status.state = State::Starting;
+            status.started_ms = Some(cove_sync::journal::now_ms());
+            ws.insert(
+                p.clone(),
+                Running {
+                    status,
+                    sidecar: None,
+                    pty: None,
+                },
+            );
+        }
+        let me = self.clone();
+        let project = p.clone();
+        tokio::spawn(async move {
+            let p = project;
+            if let Err(reason) = me.clone().launch(spec).await {
+                tracing::warn!(project = %p, %reason, "workspace failed to start");
+                me.set(&p, |s| {
+                    s.state = State::Failed;
+                    s.reason = Some(reason);
+                });
+            }
+        });
+        Ok(self.status(&p))
+    }
+
+    async fn stop(&self, project: &str, reason: Option<String>) -> Result<Status, RuntimeError> {
+        let _g = self.ops.lock().await;
+        let (pty, sidecar) = {
+            let mut ws = self.ws.lock();
+            let Some(r) = ws.get_mut(project) else {
+                return Ok(Status::stopped(reason));
+            };
+            if r.status.state == State::Stopped {
+                return Ok(r.status.clone());
+            }
+            r.status.state = State::Stopping;
+            (r.pty.take(), r.sidecar.take())
+        };
+        // Terminals end first, then the sidecar's final flush.
+        if let Some(mut c) = pty {
+            term(&c);
+            let _ = tokio::time::timeout(Duration::from_secs(10), c.wait()).await;
+            let _ = c.kill().await;
+        }
+        let mut result = Status::stopped(reason);
+        if let Some(mut c) = sidecar {
+            term(&c);
+            match c.wait().await {
+                Ok(st) if st.success() => {}
+                Ok(st) => {
+                    result.state = State::Failed;
+                    result.reason =
+                        Some(format!("the final flush failed: cove-sync exited ({st})"));
+                }
+                Err(e) => {
+                    result.state = State::Failed;
+                    result.reason = Some(format!("waiting for cove-sync: {e}"));
+                }
+            }
+        }
+        if let Some(r) = self.ws.lock().get_mut(project) {
+            r.status = result.clone();
+        }
+        Ok(result)
+    }
+
+    fn status(&self, project: &str) -> Status {
+        self.ws
+            .lock()
+            .get(project)
+            .map(|r| r.status.clone())
+            .unwrap_or_else(|| Status::stopped(None))
+    }
+
+    fn running(&self) -> Vec<String> {
+        self.ws
+            .lock()
+            .iter()
+            .filter(|(_, r)| matches!(r.status.state, State::Starting | State::Ready))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    async fn shutdown(&self) {
+        for p in self.running() {
+            let _ = self.stop(&p, Some("controller shut down".into())).await;
+        }
+    }
+}

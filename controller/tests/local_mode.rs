@@ -1,0 +1,354 @@
+//! End to end through the gateway: the real controller binary running real
+//! cove-sync and cove-pty processes, a real WebSocket client, a real app.
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+struct Controller {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+fn start() -> Controller {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let templates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cove-controller"))
+        .args(["--port", &port.to_string(), "--mode", "watch", "--data-dir"])
+        .arg(dir.path())
+        .arg("--templates")
+        .arg(&templates)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting cove-controller");
+    let out = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening"), "{line}");
+    Controller {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+async fn call(c: &Controller, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{}{path}", c.port);
+    let mut req = http
+        .request(method.parse().unwrap(), url)
+        .header("host", format!("localhost:{}", c.port));
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(c: &Controller, id: &str, token: &str) -> Ws {
+    let mut req = format!("ws://127.0.0.1:{}/ws", c.port)
+        .into_client_request()
+        .unwrap();
+    let h = req.headers_mut();
+    h.insert(
+        "host",
+        format!("{id}.ide.localhost:{}", c.port).parse().unwrap(),
+    );
+    h.insert(
+        "origin",
+        format!("http://localhost:{}", c.port).parse().unwrap(),
+    );
+    h.insert(
+        "sec-websocket-protocol",
+        format!("cove.v1, cove.token.{token}").parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade through the gateway");
+    ws.send(Message::Text(
+        json!({"type":"hello","id":1,"protocol":1})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let w = next_json(&mut ws, |v| v["id"] == 1).await;
+    assert_eq!(w["result"]["project"], id);
+    ws
+}
+
+async fn next_json(ws: &mut Ws, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = tokio::time::timeout(left, ws.next())
+            .await
+            .expect("timed out")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+}
+
+async fn request(ws: &mut Ws, id: u64, mut req: Value) -> Value {
+    req["id"] = json!(id);
+    ws.send(Message::Text(req.to_string().into()))
+        .await
+        .unwrap();
+    next_json(ws, |v| v["id"] == id).await
+}
+
+async fn wait_ready(c: &Controller, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, w) = call(c, "GET", &format!("/api/projects/{id}/workspace"), None).await;
+        if w["state"] == "ready" {
+            return;
+        }
+        assert!(w["state"] != "failed", "{w}");
+        assert!(Instant::now() < deadline, "never ready: {w}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_start_edit_preview_stop_and_start_again() {
+    let c = start();
+    let (s, t) = call(&c, "GET", "/api/templates", None).await;
+    assert_eq!(s, 200);
+    let names: Vec<_> = t["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["node", "python", "rust", "static"]);
+
+    // Bad input is refused clearly.
+    for (body, status, code) in [
+        (
+            r#"{"name":"x","template":"cobol"}"#,
+            400,
+            "unknown_template",
+        ),
+        (r#"{"name":"  ","template":"python"}"#, 400, "invalid_name"),
+        (
+            r#"{"name":"a\u0007b","template":"python"}"#,
+            400,
+            "invalid_name",
+        ),
+        (r#"{"name":"x"}"#, 400, "bad_request"),
+        (
+            r#"{"name":"x","template":"python","extra":1}"#,
+            400,
+            "bad_request",
+        ),
+        ("{not json", 400, "bad_json"),
+        ("[1]", 400, "bad_json"),
+    ] {
+        let (s, e) = call(&c, "POST", "/api/projects", Some(body)).await;
+        assert_eq!(
+            (s, e["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {e}"
+        );
+    }
+    assert_eq!(call(&c, "GET", "/api/nope", None).await.0, 404);
+    assert_eq!(
+        call(&c, "GET", "/api/projects/NOT_AN_ID", None).await.0,
+        404
+    );
+    assert_eq!(
+        call(&c, "GET", "/api/projects/nope-123456", None).await.0,
+        404
+    );
+    assert_eq!(call(&c, "PUT", "/api/projects", None).await.0, 405);
+
+    let (s, p) = call(
+        &c,
+        "POST",
+        "/api/projects",
+        Some(r#"{"name":"My App","template":"python"}"#),
+    )
+    .await;
+    assert_eq!(s, 201, "{p}");
+    let id = p["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("my-app-"), "{id}");
+    assert_eq!(p["workspace_state"], "stopped");
+    let (_, l) = call(&c, "GET", "/api/projects", None).await;
+    assert_eq!(l["projects"][0]["id"], id.as_str());
+    let (s, r) = call(
+        &c,
+        "PATCH",
+        &format!("/api/projects/{id}"),
+        Some(r#"{"name":"Renamed"}"#),
+    )
+    .await;
+    assert_eq!((s, r["name"].as_str()), (200, Some("Renamed")));
+
+    // Start: a token and the URLs; idempotent.
+    let (s, w) = call(
+        &c,
+        "POST",
+        &format!("/api/projects/{id}/workspace/start"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{w}");
+    assert!(w["token"].is_string());
+    assert_eq!(
+        w["urls"]["ide_socket"],
+        format!("ws://{id}.ide.localhost:{}/ws", c.port)
+    );
+    let (_, w2) = call(
+        &c,
+        "POST",
+        &format!("/api/projects/{id}/workspace/start"),
+        None,
+    )
+    .await;
+    assert!(matches!(w2["state"].as_str(), Some("starting" | "ready")));
+    wait_ready(&c, &id).await;
+    let (_, w) = call(
+        &c,
+        "POST",
+        &format!("/api/projects/{id}/workspace/token"),
+        None,
+    )
+    .await;
+    let token = w["token"].as_str().unwrap().to_string();
+
+    // Through the gateway: a terminal runs the template's app, the preview
+    // host reaches it, a file is saved.
+    let mut ws = connect(&c, &id, &token).await;
+    let r = request(&mut ws, 2, json!({"type":"fs.read","path":"app.py"})).await;
+    assert!(
+        r["result"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("HTTPServer"),
+        "{r}"
+    );
+    let r = request(&mut ws, 3, json!({"type":"term.create","cols":80,"rows":24,"attach":false,"command":["python3","app.py"]})).await;
+    assert!(r["result"]["terminal"]["id"].is_u64(), "{r}");
+    let app_port = w["app_port"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let r = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}/", c.port))
+            .header("host", format!("{id}.app.localhost:{}", c.port))
+            .send()
+            .await
+            .unwrap();
+        let text = r.text().await.unwrap();
+        if text.contains("Hello from Python") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "the app never answered: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(body.contains(&format!("port {app_port}")), "{body}");
+    let r = request(&mut ws, 4, json!({"type":"fs.write","path":"notes.txt","content":"saved\n","encoding":"utf8","base_version":null})).await;
+    assert_eq!(r["result"]["durable"], true, "{r}");
+    drop(ws);
+
+    // Stop, then start again: the edit is there.
+    let (s, w) = call(
+        &c,
+        "POST",
+        &format!("/api/projects/{id}/workspace/stop"),
+        None,
+    )
+    .await;
+    assert_eq!((s, w["state"].as_str()), (200, Some("stopped")), "{w}");
+    let (_, w) = call(
+        &c,
+        "POST",
+        &format!("/api/projects/{id}/workspace/token"),
+        None,
+    )
+    .await;
+    assert_eq!(w["error"]["code"], "workspace_not_running");
+    let (_, w) = call(
+        &c,
+        "POST",
+        &format!("/api/projects/{id}/workspace/start"),
+        None,
+    )
+    .await;
+    let token = w["token"].as_str().unwrap().to_string();
+    wait_ready(&c, &id).await;
+    let mut ws = connect(&c, &id, &token).await;
+    let r = request(&mut ws, 2, json!({"type":"fs.read","path":"notes.txt"})).await;
+    assert_eq!(r["result"]["content"], "saved\n", "{r}");
+    drop(ws);
+
+    // History lists the commits; fork copies; delete removes.
+    let (_, h) = call(&c, "GET", &format!("/api/projects/{id}/history"), None).await;
+    assert!(!h["commits"].as_array().unwrap().is_empty(), "{h}");
+    let (s, f) = call(
+        &c,
+        "POST",
+        &format!("/api/projects/{id}/fork"),
+        Some(r#"{"name":"Copy"}"#),
+    )
+    .await;
+    assert_eq!(s, 201, "{f}");
+    assert_eq!(f["forked_from"], id.as_str());
+    let fid = f["id"].as_str().unwrap();
+    assert_eq!(
+        call(&c, "DELETE", &format!("/api/projects/{fid}"), None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        call(&c, "GET", &format!("/api/projects/{fid}"), None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        call(&c, "DELETE", &format!("/api/projects/{id}"), None)
+            .await
+            .0,
+        204
+    );
+    let (_, l) = call(&c, "GET", "/api/projects", None).await;
+    assert_eq!(l["projects"].as_array().unwrap().len(), 0, "{l}");
+}
