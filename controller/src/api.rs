@@ -22,6 +22,9 @@ pub struct Controller {
     pub host: String,
     pub domain: String,
     pub upstream: cove_pty::preview::Upstream,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Stop a workspace after this long without activity (`None`: never).
+    pub idle_timeout: Option<Duration>,
 }
 
 pub type Shared = Arc<Controller>;
@@ -94,7 +97,7 @@ impl Controller {
         self.runtime
             .start(StartSpec {
                 project: id.to_string(),
-                epoch,
+                epoch: Some(epoch),
             })
             .await
             .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "workspace_failed", e.to_string()))
@@ -332,6 +335,7 @@ pub fn api_router(c: Shared) -> Router {
         .route("/api/projects/{id}/workspace/token", post(workspace_token))
         .route("/api/projects/{id}/history", get(history))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -340,7 +344,88 @@ pub fn api_router(c: Shared) -> Router {
             )
         })
         .fallback(|| async { ApiError::not_found() })
+        .layer(axum::middleware::from_fn_with_state(c.clone(), observe))
         .with_state(c)
+}
+
+/// Counts and times every API request by its route pattern.
+async fn observe(
+    AxState(c): AxState<Shared>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let t = std::time::Instant::now();
+    let resp = next.run(req).await;
+    c.metrics
+        .api_requests
+        .get_or_create(&crate::metrics::RouteLabel {
+            route,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    c.metrics.api_seconds.observe(t.elapsed().as_secs_f64());
+    resp
+}
+
+async fn metrics(AxState(c): AxState<Shared>) -> Response {
+    let mut counts = std::collections::BTreeMap::new();
+    for p in c.runtime.running() {
+        let st = c.runtime.status(&p).state;
+        *counts
+            .entry(format!("{st:?}").to_lowercase())
+            .or_insert(0usize) += 1;
+    }
+    let states: Vec<(&str, usize)> = ["starting", "ready"]
+        .iter()
+        .map(|s| (*s, counts.get(*s).copied().unwrap_or(0)))
+        .collect();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        c.metrics.render(&states),
+    )
+        .into_response()
+}
+
+/// Idle shutdown: a running workspace whose cove-pty reports no activity
+/// (requests, keystrokes, preview traffic, and terminal output, so a long
+/// job that prints counts) and no open connection for `idle_timeout` is
+/// stopped, with the reason in its status.
+pub async fn idle_loop(c: Shared) {
+    let Some(limit) = c.idle_timeout else { return };
+    let every = (limit / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
+    loop {
+        tokio::time::sleep(every).await;
+        for p in c.runtime.running() {
+            if c.runtime.status(&p).state != State::Ready {
+                continue;
+            }
+            let Some(a) = c.runtime.activity(&p).await else {
+                continue;
+            };
+            if a["connections"].as_u64().unwrap_or(0) > 0 {
+                continue;
+            }
+            let last = a["last_active_ms"]
+                .as_u64()
+                .unwrap_or(0)
+                .max(a["last_output_ms"].as_u64().unwrap_or(0));
+            let idle = cove_sync::journal::now_ms().saturating_sub(last);
+            if idle >= limit.as_millis() as u64 {
+                let reason = format!("idle for {} s", limit.as_secs());
+                tracing::info!(project = %p, %reason, "stopping an idle workspace");
+                c.metrics.idle_stops.inc();
+                let _ = c.runtime.stop(&p, Some(reason)).await;
+            }
+        }
+    }
 }
 
 /// Which workspace host a request is for (§6).

@@ -41,6 +41,9 @@ struct Args {
     /// Domain of workspace hosts: <id>.ide.<domain>, <id>.app.<domain>.
     #[arg(long, default_value = "localhost")]
     domain: String,
+    /// Stop a workspace after this many seconds without activity (0: never).
+    #[arg(long, default_value_t = 1800)]
+    idle_timeout_secs: u64,
 }
 
 #[tokio::main]
@@ -101,17 +104,21 @@ async fn main() -> Result<()> {
         m => m.to_string(),
     };
     let host = format!("localhost:{}", a.port);
-    let runtime = LocalRuntime::new(LocalConfig {
-        bin_dir,
-        data_dir: data.clone(),
-        store_url,
-        mode,
-        token_secret: token_secret.clone(),
-        allowed_origin: format!("http://{host}"),
-        preview_domain: format!("app.{}", a.domain),
-        preview_url: format!("http://{{id}}.app.{}:{}/", a.domain, a.port),
-        preview_port_url: format!("http://{{port}}--{{id}}.app.{}:{}/", a.domain, a.port),
-    });
+    let metrics = Arc::new(cove_controller::metrics::Metrics::new());
+    let runtime = LocalRuntime::new(
+        LocalConfig {
+            bin_dir,
+            data_dir: data.clone(),
+            store_url,
+            mode,
+            token_secret: token_secret.clone(),
+            allowed_origin: format!("http://{host}"),
+            preview_domain: format!("app.{}", a.domain),
+            preview_url: format!("http://{{id}}.app.{}:{}/", a.domain, a.port),
+            preview_port_url: format!("http://{{port}}--{{id}}.app.{}:{}/", a.domain, a.port),
+        },
+        metrics.clone(),
+    );
     let c = Arc::new(Controller {
         projects: Projects::new(store),
         templates,
@@ -120,7 +127,11 @@ async fn main() -> Result<()> {
         host: host.clone(),
         domain: a.domain.clone(),
         upstream: cove_pty::preview::Upstream::new("http"),
+        metrics,
+        idle_timeout: (a.idle_timeout_secs > 0)
+            .then(|| std::time::Duration::from_secs(a.idle_timeout_secs)),
     });
+    tokio::spawn(api::idle_loop(c.clone()));
     let api_router = api::api_router(c.clone());
     let app = axum::Router::new()
         .fallback(api::gateway)

@@ -64,7 +64,9 @@ pub enum RuntimeError {
 pub struct StartSpec {
     pub project: String,
     /// Fencing epoch for the sidecar, above every earlier one (storage.md).
-    pub epoch: u64,
+    /// `None` on a supervisor restart: the sidecar then claims the next
+    /// epoch itself.
+    pub epoch: Option<u64>,
 }
 
 #[async_trait::async_trait]
@@ -77,6 +79,8 @@ pub trait Runtime: Send + Sync {
     async fn stop(&self, project: &str, reason: Option<String>) -> Result<Status, RuntimeError>;
     fn status(&self, project: &str) -> Status;
     fn running(&self) -> Vec<String>;
+    /// cove-pty's `/activity` of a running workspace (protocol.md §17).
+    async fn activity(&self, project: &str) -> Option<serde_json::Value>;
     /// Controller shutdown: stop everything.
     async fn shutdown(&self);
 }
@@ -97,6 +101,26 @@ struct Running {
     status: Status,
     sidecar: Option<Child>,
     pty: Option<Child>,
+    /// Unexpected exits, for the restart budget.
+    crashes: Vec<std::time::Instant>,
+}
+
+/// A child that exits on its own is restarted (with its partner) up to this
+/// many times within [`CRASH_WINDOW`]; the next exit marks the workspace
+/// failed.
+const MAX_RESTARTS: usize = 3;
+const CRASH_WINDOW: Duration = Duration::from_secs(300);
+
+/// Children get SIGTERM if the controller dies, so a killed controller
+/// leaves no workspace behind (and its sidecars still flush).
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+            Ok(())
+        });
+    }
 }
 
 pub struct LocalRuntime {
@@ -104,6 +128,7 @@ pub struct LocalRuntime {
     ws: parking_lot::Mutex<HashMap<String, Running>>,
     /// Serializes start and stop per controller: they are rare and short.
     ops: tokio::sync::Mutex<()>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -142,11 +167,12 @@ async fn wait_line(child: &mut Child, prefix: &str, timeout: Duration) -> Option
 }
 
 impl LocalRuntime {
-    pub fn new(cfg: LocalConfig) -> Arc<Self> {
+    pub fn new(cfg: LocalConfig, metrics: Arc<crate::metrics::Metrics>) -> Arc<Self> {
         Arc::new(LocalRuntime {
             cfg,
             ws: parking_lot::Mutex::new(HashMap::new()),
             ops: tokio::sync::Mutex::new(()),
+            metrics,
         })
     }
 
@@ -154,6 +180,15 @@ impl LocalRuntime {
         if let Some(r) = self.ws.lock().get_mut(project) {
             f(&mut r.status);
         }
+    }
+
+    /// `launch` behind a box: launch spawns `supervise`, which may call
+    /// launch again, and the compiler cannot see through that cycle.
+    fn launch_boxed(
+        self: Arc<Self>,
+        spec: StartSpec,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
+        Box::pin(self.launch(spec))
     }
 
     async fn launch(self: Arc<Self>, spec: StartSpec) -> Result<(), String> {
@@ -164,16 +199,22 @@ impl LocalRuntime {
         std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
         let port = |_| free_port().map_err(|e| e.to_string());
         let (api, ide, preview, admin, app) = (port(0)?, port(1)?, port(2)?, port(3)?, port(4)?);
-        let mut sidecar = Command::new(self.cfg.bin_dir.join("cove-sync"))
-            .args(["--store", &self.cfg.store_url, "serve", "--project", &p])
+        let started = std::time::Instant::now();
+        let mut cmd = Command::new(self.cfg.bin_dir.join("cove-sync"));
+        cmd.args(["--store", &self.cfg.store_url, "serve", "--project", &p])
             .arg("--workspace")
             .arg(&root)
             .arg("--cache")
             .arg(&cache)
-            .args(["--mode", &self.cfg.mode, "--epoch", &spec.epoch.to_string()])
+            .args(["--mode", &self.cfg.mode])
             .args(["--api", &format!("127.0.0.1:{api}")])
             .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        if let Some(e) = spec.epoch {
+            cmd.args(["--epoch", &e.to_string()]);
+        }
+        die_with_parent(&mut cmd);
+        let mut sidecar = cmd
             .spawn()
             .map_err(|e| format!("cannot start cove-sync: {e}"))?;
         let ready = wait_line(&mut sidecar, "ready", Duration::from_secs(600)).await;
@@ -182,8 +223,8 @@ impl LocalRuntime {
             let _ = sidecar.kill().await;
             return Err(format!("cove-sync did not become ready ({st:?})"));
         }
-        let mut pty = Command::new(self.cfg.bin_dir.join("cove-pty"))
-            .args(["--project", &p])
+        let mut cmd = Command::new(self.cfg.bin_dir.join("cove-pty"));
+        cmd.args(["--project", &p])
             .arg("--root")
             .arg(&root)
             .args(["--sidecar", &format!("http://127.0.0.1:{api}")])
@@ -201,7 +242,9 @@ impl LocalRuntime {
             .current_dir(&root)
             .env("COVE_TOKEN_SECRET", &self.cfg.token_secret)
             .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        die_with_parent(&mut cmd);
+        let mut pty = cmd
             .spawn()
             .map_err(|e| format!("cannot start cove-pty: {e}"))?;
         if wait_line(&mut pty, "listening", Duration::from_secs(30))
@@ -244,8 +287,12 @@ impl LocalRuntime {
                 self.set(&p, |s| {
                     if s.state == State::Starting {
                         s.state = State::Ready;
+                        s.reason = None;
                     }
                 });
+                self.metrics
+                    .start_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -254,31 +301,62 @@ impl LocalRuntime {
         Ok(())
     }
 
-    /// Marks the workspace failed, with the reason, when a child exits on
-    /// its own.
+    /// Watches the children. One that exits on its own takes its partner
+    /// down and both are started again, within the restart budget; after
+    /// that the workspace is failed, with the reason.
     async fn supervise(self: Arc<Self>, p: String) {
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let mut ws = self.ws.lock();
-            let Some(r) = ws.get_mut(&p) else { return };
-            if !matches!(r.status.state, State::Starting | State::Ready) {
-                return;
-            }
-            let mut died = None;
-            if let Some(Ok(Some(st))) = r.sidecar.as_mut().map(Child::try_wait) {
-                died = Some(format!("cove-sync exited ({st})"));
-            } else if let Some(Ok(Some(st))) = r.pty.as_mut().map(Child::try_wait) {
-                died = Some(format!("cove-pty exited ({st})"));
-            }
-            if let Some(reason) = died {
-                tracing::warn!(project = %p, %reason, "workspace failed");
+            let restart = {
+                let mut ws = self.ws.lock();
+                let Some(r) = ws.get_mut(&p) else { return };
+                if !matches!(r.status.state, State::Starting | State::Ready) {
+                    return;
+                }
+                let mut died = None;
+                if let Some(Ok(Some(st))) = r.sidecar.as_mut().map(Child::try_wait) {
+                    died = Some(format!("cove-sync exited ({st})"));
+                } else if let Some(Ok(Some(st))) = r.pty.as_mut().map(Child::try_wait) {
+                    died = Some(format!("cove-pty exited ({st})"));
+                }
+                let Some(why) = died else { continue };
                 for c in [r.pty.as_ref(), r.sidecar.as_ref()].into_iter().flatten() {
                     term(c);
                 }
-                r.status.state = State::Failed;
-                r.status.reason = Some(reason);
+                let now = std::time::Instant::now();
+                r.crashes.retain(|t| now.duration_since(*t) < CRASH_WINDOW);
+                r.crashes.push(now);
+                tracing::warn!(project = %p, reason = %why, crashes = r.crashes.len(), "workspace child exited");
+                if r.crashes.len() > MAX_RESTARTS {
+                    r.status.state = State::Failed;
+                    r.status.reason = Some(format!("{why}; gave up after {MAX_RESTARTS} restarts"));
+                    None
+                } else {
+                    r.status.state = State::Starting;
+                    r.status.reason = Some(format!("{why}; restarting"));
+                    Some((r.pty.take(), r.sidecar.take()))
+                }
+            };
+            let Some((pty, sidecar)) = restart else {
                 return;
+            };
+            // Wait for both to be gone (the sidecar flushes what it can).
+            for mut c in [pty, sidecar].into_iter().flatten() {
+                let _ = tokio::time::timeout(Duration::from_secs(30), c.wait()).await;
+                let _ = c.kill().await;
             }
+            let spec = StartSpec {
+                project: p.clone(),
+                epoch: None,
+            };
+            if let Err(reason) = self.clone().launch_boxed(spec).await {
+                self.set(&p, |s| {
+                    s.state = State::Failed;
+                    s.reason = Some(reason);
+                });
+            }
+            // launch started a new supervisor.
+            return;
         }
     }
 }
@@ -304,6 +382,7 @@ impl Runtime for Arc<LocalRuntime> {
                     status,
                     sidecar: None,
                     pty: None,
+                    crashes: Vec::new(),
                 },
             );
         }
@@ -378,6 +457,19 @@ impl Runtime for Arc<LocalRuntime> {
             .filter(|(_, r)| matches!(r.status.state, State::Starting | State::Ready))
             .map(|(k, _)| k.clone())
             .collect()
+    }
+
+    async fn activity(&self, project: &str) -> Option<serde_json::Value> {
+        let port = self.ws.lock().get(project)?.status.admin_port?;
+        reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/activity"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
     }
 
     async fn shutdown(&self) {

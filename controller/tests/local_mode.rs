@@ -26,6 +26,10 @@ impl Drop for Controller {
 }
 
 fn start() -> Controller {
+    start_with(&[])
+}
+
+fn start_with(extra: &[&str]) -> Controller {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -38,6 +42,7 @@ fn start() -> Controller {
         .arg(dir.path())
         .arg("--templates")
         .arg(&templates)
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .expect("starting cove-controller");
@@ -351,4 +356,93 @@ async fn create_start_edit_preview_stop_and_start_again() {
     );
     let (_, l) = call(&c, "GET", "/api/projects", None).await;
     assert_eq!(l["projects"].as_array().unwrap().len(), 0, "{l}");
+}
+
+fn pids_of(pattern: &str) -> Vec<i32> {
+    let out = Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_children_are_restarted_idle_workspaces_stop_and_nothing_is_orphaned() {
+    let mut c = start_with(&["--idle-timeout-secs", "3"]);
+    let (_, p) = call(
+        &c,
+        "POST",
+        "/api/projects",
+        Some(r#"{"name":"crashy","template":"static"}"#),
+    )
+    .await;
+    let id = p["id"].as_str().unwrap().to_string();
+    call(
+        &c,
+        "POST",
+        &format!("/api/projects/{id}/workspace/start"),
+        None,
+    )
+    .await;
+    wait_ready(&c, &id).await;
+
+    // A killed cove-pty is restarted, with its sidecar, and becomes ready.
+    let pattern = format!("cove-pty --project {id}");
+    let old = pids_of(&pattern);
+    assert_eq!(old.len(), 1, "{old:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old[0]),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, w) = call(&c, "GET", &format!("/api/projects/{id}/workspace"), None).await;
+        let now = pids_of(&pattern);
+        if w["state"] == "ready" && now.len() == 1 && now != old {
+            break;
+        }
+        assert!(w["state"] != "failed", "{w}");
+        assert!(Instant::now() < deadline, "not restarted: {w}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Nobody connected, no output: stopped for being idle, with the reason.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let w = loop {
+        let (_, w) = call(&c, "GET", &format!("/api/projects/{id}/workspace"), None).await;
+        if w["state"] == "stopped" {
+            break w;
+        }
+        assert!(Instant::now() < deadline, "never stopped: {w}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(w["reason"].as_str().unwrap_or("").contains("idle"), "{w}");
+    let (_, m) = call(&c, "GET", "/metrics", None).await;
+    let m = m.as_str().unwrap_or("").to_string();
+    assert!(m.contains("cove_controller_idle_stops_total 1"), "{m}");
+    assert!(
+        m.contains("cove_controller_workspace_start_seconds_count 2"),
+        "{m}"
+    );
+
+    // Stopping the controller stops every workspace; nothing is orphaned.
+    call(
+        &c,
+        "POST",
+        &format!("/api/projects/{id}/workspace/start"),
+        None,
+    )
+    .await;
+    wait_ready(&c, &id).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.child.id() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(c.child.wait().unwrap().success());
+    assert!(pids_of(&id).is_empty(), "left behind: {:?}", pids_of(&id));
 }
