@@ -29,7 +29,50 @@ fn start() -> Controller {
     start_with(&[])
 }
 
+/// The Garage bucket the test command starts, as a store URL with its
+/// environment; `None` outside the test command (then the S3 case is
+/// skipped, except under CI where it must run).
+fn s3_store() -> Option<(String, Vec<(String, String)>)> {
+    let Ok(endpoint) = std::env::var("COVE_TEST_S3_ENDPOINT") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "COVE_TEST_S3_ENDPOINT is not set under CI: run the tests through scripts/test.sh"
+        );
+        eprintln!("COVE_TEST_S3_ENDPOINT not set: skipping the S3 case");
+        return None;
+    };
+    let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let prefix = format!("controller-test-{}-{nanos}", std::process::id());
+    Some((
+        format!("s3://{}/{prefix}", var("COVE_TEST_S3_BUCKET", "cove-test")),
+        vec![
+            ("COVE_S3_ENDPOINT".into(), endpoint),
+            (
+                "COVE_S3_REGION".into(),
+                var("COVE_TEST_S3_REGION", "garage"),
+            ),
+            ("COVE_S3_PATH_STYLE".into(), "true".into()),
+            (
+                "AWS_ACCESS_KEY_ID".into(),
+                var("COVE_TEST_S3_ACCESS_KEY", ""),
+            ),
+            (
+                "AWS_SECRET_ACCESS_KEY".into(),
+                var("COVE_TEST_S3_SECRET_KEY", ""),
+            ),
+        ],
+    ))
+}
+
 fn start_with(extra: &[&str]) -> Controller {
+    start_env(extra, &[])
+}
+
+fn start_env(extra: &[&str], env: &[(String, String)]) -> Controller {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -43,6 +86,7 @@ fn start_with(extra: &[&str]) -> Controller {
         .arg("--templates")
         .arg(&templates)
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(Stdio::piped())
         .spawn()
         .expect("starting cove-controller");
@@ -153,7 +197,16 @@ async fn wait_ready(c: &Controller, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_start_edit_preview_stop_and_start_again() {
-    let c = start();
+    round_trip(start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_on_an_s3_store() {
+    let Some((url, env)) = s3_store() else { return };
+    round_trip(start_env(&["--store", &url], &env)).await;
+}
+
+async fn round_trip(c: Controller) {
     let (s, t) = call(&c, "GET", "/api/templates", None).await;
     assert_eq!(s, 200);
     let names: Vec<_> = t["templates"]
@@ -380,13 +433,17 @@ async fn crashed_children_are_restarted_idle_workspaces_stop_and_nothing_is_orph
     )
     .await;
     let id = p["id"].as_str().unwrap().to_string();
-    call(
-        &c,
-        "POST",
-        &format!("/api/projects/{id}/workspace/start"),
-        None,
-    )
-    .await;
+    // The first request to the preview host starts the stopped workspace
+    // and gets a page that says so, not an error.
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}/", c.port))
+        .header("host", format!("{id}.app.localhost:{}", c.port))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.text().await.unwrap().contains("Starting the workspace"));
     wait_ready(&c, &id).await;
 
     // A killed cove-pty is restarted, with its sidecar, and becomes ready.
