@@ -81,7 +81,15 @@ async fn main() -> Result<()> {
         let s: String = (0..48)
             .map(|_| format!("{:x}", rand::random_range(0..16u8)))
             .collect();
-        std::fs::write(&secret_file, s)?;
+        // Only the controller's user may read the secret that signs tokens.
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&secret_file)?
+            .write_all(s.as_bytes())?;
     }
     let token_secret = std::fs::read_to_string(&secret_file)?.trim().to_string();
     let bin_dir = match a.bin_dir {
