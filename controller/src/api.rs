@@ -320,6 +320,74 @@ async fn history(AxState(c): AxState<Shared>, Path(id): Path<String>) -> ApiResu
     Ok(Json(json!({ "commits": out })))
 }
 
+fn commit_param(s: &str) -> ApiResult<cove_sync::format::CommitId> {
+    crate::history::parse_commit(s).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_commit",
+            format!("{s:?} is not a commit"),
+        )
+        .with(json!({ "commit": s }))
+    })
+}
+
+async fn past_version(
+    AxState(c): AxState<Shared>,
+    Path((id, commit)): Path<(String, String)>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    c.projects.get(&id).await?;
+    let at = commit_param(&commit)?;
+    if let Some(k) = q.keys().find(|k| k.as_str() != "path") {
+        return Err(ApiError::bad_request(
+            k,
+            format!("unknown query parameter `{k}`"),
+        ));
+    }
+    let path = q
+        .get("path")
+        .ok_or_else(|| ApiError::bad_request("path", "`path` is required"))?;
+    Ok(Json(
+        crate::history::file_version(&c.projects.journal(&id), at, path).await?,
+    ))
+}
+
+async fn restore(
+    AxState(c): AxState<Shared>,
+    Path((id, commit)): Path<(String, String)>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let v = parse_body(req).await?;
+    if v.is_null() {
+        return Err(ApiError::bad_request(
+            "path",
+            "a body is required: {} restores everything",
+        ));
+    }
+    only_fields(&v, &["path"])?;
+    let path = match v.get("path") {
+        None | Some(Value::Null) => "",
+        Some(Value::String(s)) => s.as_str(),
+        _ => return Err(ApiError::bad_request("path", "`path` must be a string")),
+    };
+    c.projects.get(&id).await?;
+    let at = commit_param(&commit)?;
+    // The restore writes as a new epoch, which would fence a running
+    // sidecar: it is done while the workspace is stopped.
+    let st = c.runtime.status(&id);
+    if !matches!(st.state, State::Stopped | State::Failed) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "stop the workspace to restore (restoring a running one is not implemented yet)",
+        )
+        .with(json!({"state": st.state})));
+    }
+    Ok(Json(
+        crate::history::restore_stopped(&c.projects.journal(&id), at, path).await?,
+    ))
+}
+
 pub fn api_router(c: Shared) -> Router {
     Router::new()
         .route("/api/templates", get(list_templates))
@@ -334,6 +402,11 @@ pub fn api_router(c: Shared) -> Router {
         .route("/api/projects/{id}/workspace/stop", post(workspace_stop))
         .route("/api/projects/{id}/workspace/token", post(workspace_token))
         .route("/api/projects/{id}/history", get(history))
+        .route(
+            "/api/projects/{id}/history/{commit}/file",
+            get(past_version),
+        )
+        .route("/api/projects/{id}/history/{commit}/restore", post(restore))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .method_not_allowed_fallback(|| async {

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod error;
+pub mod history;
 pub mod metrics;
 pub mod projects;
 pub mod runtime;

@@ -374,6 +374,110 @@ async fn round_trip(c: Controller) {
     let mut ws = connect(&c, &id, &token).await;
     let r = request(&mut ws, 2, json!({"type":"fs.read","path":"notes.txt"})).await;
     assert_eq!(r["result"]["content"], "saved\n", "{r}");
+    let v1 = r["result"]["version"].clone();
+    let r = request(&mut ws, 3, json!({"type":"fs.write","path":"notes.txt","content":"v2\n","encoding":"utf8","base_version":v1})).await;
+    assert_eq!(r["result"]["durable"], true, "{r}");
+    drop(ws);
+    // Restoring needs the workspace stopped.
+    let (s, e) = call(
+        &c,
+        "POST",
+        &format!("/api/projects/{id}/history/1.1/restore"),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{e}"
+    );
+    let (s, _) = call(
+        &c,
+        "POST",
+        &format!("/api/projects/{id}/workspace/stop"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+
+    // The oldest commit that wrote notes.txt has "saved"; restore it.
+    let (_, h) = call(&c, "GET", &format!("/api/projects/{id}/history"), None).await;
+    let first = h["commits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|c| {
+            c["paths"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p == "notes.txt")
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no commit wrote notes.txt: {h}"));
+    let at = format!("{}.{}", first["epoch"], first["seq"]);
+    let (s, fv) = call(
+        &c,
+        "GET",
+        &format!("/api/projects/{id}/history/{at}/file?path=notes.txt"),
+        None,
+    )
+    .await;
+    assert_eq!((s, fv["content"].as_str()), (200, Some("saved\n")), "{fv}");
+    assert_eq!(fv["version"], v1);
+    for (path, status, code) in [
+        ("/history/99.99/file?path=notes.txt", 404, "unknown_commit"),
+        (
+            "/history/nonsense/file?path=notes.txt",
+            404,
+            "unknown_commit",
+        ),
+        (
+            &*format!("/history/{at}/file?path=nope.txt"),
+            404,
+            "path_not_found",
+        ),
+        (&*format!("/history/{at}/file?path=../x"), 400, "bad_path"),
+    ] {
+        let (s, e) = call(&c, "GET", &format!("/api/projects/{id}{path}"), None).await;
+        assert_eq!(
+            (s, e["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{path}: {e}"
+        );
+    }
+    let (s, r) = call(
+        &c,
+        "POST",
+        &format!("/api/projects/{id}/history/{at}/restore"),
+        Some(r#"{"path":"notes.txt"}"#),
+    )
+    .await;
+    assert_eq!((s, r["files_changed"].as_u64()), (200, Some(1)), "{r}");
+    let (_, r2) = call(
+        &c,
+        "POST",
+        &format!("/api/projects/{id}/history/{at}/restore"),
+        Some(r#"{"path":"notes.txt"}"#),
+    )
+    .await;
+    assert_eq!(
+        r2["files_changed"], 0,
+        "a second restore changes nothing: {r2}"
+    );
+    let (_, w) = call(
+        &c,
+        "POST",
+        &format!("/api/projects/{id}/workspace/start"),
+        None,
+    )
+    .await;
+    let token = w["token"].as_str().unwrap().to_string();
+    wait_ready(&c, &id).await;
+    let mut ws = connect(&c, &id, &token).await;
+    let r = request(&mut ws, 2, json!({"type":"fs.read","path":"notes.txt"})).await;
+    assert_eq!(r["result"]["content"], "saved\n", "restored: {r}");
     drop(ws);
 
     // History lists the commits; fork copies; delete removes.

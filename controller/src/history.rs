@@ -1,0 +1,283 @@
+//! Past versions and restore (docs/api.md §5.5), read from and written to
+//! the store with cove-sync's journal.
+//!
+//! A restore is a new commit whose content at the path equals the old
+//! commit's: history stays append-only and a restore can be undone by
+//! another. It is written as a writer with a new epoch, so it is fenced
+//! like any other writer; that is why it needs the workspace stopped (a
+//! running sidecar would be fenced by it).
+
+use crate::error::{ApiError, ApiResult};
+use axum::http::StatusCode;
+use base64::Engine as _;
+use cove_sync::format::{keys, CommitId, Op};
+use cove_sync::journal::{Journal, JournalError, Writer};
+use cove_sync::tree::{Content, Node, Tree};
+use serde_json::{json, Value};
+
+/// Past versions larger than this are refused (`too_large`).
+pub const MAX_VERSION_BYTES: u64 = 10 << 20;
+
+pub fn parse_commit(s: &str) -> Option<CommitId> {
+    let (e, q) = s.split_once('.')?;
+    Some(CommitId {
+        epoch: e.parse().ok()?,
+        seq: q.parse().ok()?,
+    })
+}
+
+pub fn check_path(path: &str, allow_root: bool) -> ApiResult<()> {
+    if (path.is_empty() && allow_root) || cove_sync::tree::valid(path) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "bad_path",
+        format!("invalid path {path:?}"),
+    )
+    .with(json!({ "path": path })))
+}
+
+fn journal_err(e: JournalError, at: CommitId) -> ApiError {
+    match e {
+        JournalError::NoCommit(_) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_commit",
+            format!("{at} is not in this project's history"),
+        )
+        .with(json!({"commit": at.to_string()})),
+        e => ApiError::store(e),
+    }
+}
+
+async fn tree_at(j: &Journal, at: Option<CommitId>) -> ApiResult<(Tree, CommitId)> {
+    let fallback = at.unwrap_or(CommitId { epoch: 0, seq: 0 });
+    j.load_tree(true, at)
+        .await
+        .map_err(|e| journal_err(e, fallback))
+}
+
+async fn bytes_of(j: &Journal, node: &Node) -> ApiResult<Vec<u8>> {
+    match &node.content {
+        Content::Inline { body, .. } => Ok(body.as_ref().map(|b| b.to_vec()).unwrap_or_default()),
+        Content::Chunks(chunks) => {
+            let mut out = Vec::with_capacity(node.size as usize);
+            for c in chunks {
+                match j
+                    .store()
+                    .get(&keys::blob(&c.hash))
+                    .await
+                    .map_err(ApiError::store)?
+                {
+                    Some(b) => out.extend_from_slice(&b),
+                    // Holes are not stored: the zero chunk.
+                    None if c.hash == cove_sync::hydrate::zero_hash(c.len) => {
+                        out.resize(out.len() + c.len as usize, 0)
+                    }
+                    None => {
+                        return Err(ApiError::store(format!("blob {} is missing", c.hash)));
+                    }
+                }
+            }
+            Ok(out)
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// FileVersion (§4.5) of `path` at `at`.
+pub async fn file_version(j: &Journal, at: CommitId, path: &str) -> ApiResult<Value> {
+    check_path(path, false)?;
+    let (tree, _) = tree_at(j, Some(at)).await?;
+    let node = tree.get(path).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "path_not_found",
+            format!("{path} did not exist at {at}"),
+        )
+        .with(json!({ "path": path }))
+    })?;
+    let base = json!({"path": path, "commit": at, "mode": node.mode, "size": node.size,
+        "mtime_ms": node.mtime / 1_000_000});
+    let mut v = base;
+    match &node.content {
+        Content::Dir => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not_a_file",
+            format!("{path} was a directory at {at}"),
+        )
+        .with(json!({"path": path, "kind": "dir"}))),
+        Content::Symlink(t) => {
+            v["kind"] = json!("symlink");
+            v["mode"] = json!(0o777);
+            v["size"] = json!(t.len());
+            v["encoding"] = Value::Null;
+            v["content"] = Value::Null;
+            v["version"] = Value::Null;
+            v["target"] = json!(t);
+            Ok(v)
+        }
+        _ if node.size > MAX_VERSION_BYTES => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_large",
+            format!(
+                "{path} was {} bytes at {at}; the limit is {MAX_VERSION_BYTES}",
+                node.size
+            ),
+        )
+        .with(json!({"path": path, "size": node.size, "limit": MAX_VERSION_BYTES}))),
+        _ => {
+            let bytes = bytes_of(j, node).await?;
+            v["kind"] = json!("file");
+            v["version"] = json!(cove_pty::files::version_of(&bytes));
+            v["target"] = Value::Null;
+            match String::from_utf8(bytes) {
+                Ok(s) if !s.contains('\0') => {
+                    v["encoding"] = json!("utf8");
+                    v["content"] = json!(s);
+                }
+                Ok(s) => {
+                    v["encoding"] = json!("base64");
+                    v["content"] = json!(base64::engine::general_purpose::STANDARD.encode(s));
+                }
+                Err(e) => {
+                    v["encoding"] = json!("base64");
+                    v["content"] =
+                        json!(base64::engine::general_purpose::STANDARD.encode(e.as_bytes()));
+                }
+            }
+            Ok(v)
+        }
+    }
+}
+
+fn under(p: &str, prefix: &str) -> bool {
+    prefix.is_empty()
+        || p == prefix
+        || (p.starts_with(prefix) && p.as_bytes().get(prefix.len()) == Some(&b'/'))
+}
+
+/// The ops that make `cur` equal `old` at and below `prefix`: deletions of
+/// what did not exist then (deepest first), then the old nodes that differ
+/// (parents first). Modification times are the restore's, so build tools
+/// see the change.
+pub fn restore_ops(cur: &Tree, old: &Tree, prefix: &str) -> ApiResult<Vec<Op>> {
+    let now_ns = cove_sync::journal::now_ms() as i64 * 1_000_000;
+    let mut ops = Vec::new();
+    let mut gone: Vec<&String> = cur
+        .iter()
+        .map(|(p, _)| p)
+        .filter(|p| under(p, prefix) && old.get(p).is_none())
+        .collect();
+    gone.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
+    for p in gone {
+        ops.push(Op::Delete { path: p.clone() });
+    }
+    for (p, n) in old.iter().filter(|(p, _)| under(p, prefix)) {
+        let same = cur
+            .get(p)
+            .is_some_and(|c| c.content == n.content && c.mode == n.mode);
+        if same {
+            continue;
+        }
+        let mut n = n.clone();
+        n.mtime = now_ns;
+        // A file replaced by a directory (or the reverse) goes first.
+        if cur.get(p).is_some_and(|c| c.is_dir() != n.is_dir()) {
+            ops.push(Op::Delete { path: p.clone() });
+        }
+        let op = cove_sync::tree::node_op(p, &n)
+            .ok_or_else(|| ApiError::internal(format!("no body for {p} in the old tree")))?;
+        ops.push(op);
+    }
+    Ok(ops)
+}
+
+/// Restores `path` (`""`: everything) of a stopped project to `at`.
+pub async fn restore_stopped(j: &Journal, at: CommitId, path: &str) -> ApiResult<Value> {
+    check_path(path, true)?;
+    let (old, _) = tree_at(j, Some(at)).await?;
+    if !path.is_empty() && old.get(path).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "path_not_found",
+            format!("{path} did not exist at {at}"),
+        )
+        .with(json!({ "path": path })));
+    }
+    let (cur, head) = tree_at(j, None).await?;
+    let ops = restore_ops(&cur, &old, path)?;
+    let changed = ops.len();
+    if changed == 0 {
+        return Ok(json!({"files_changed": 0, "durable": true, "commit": head}));
+    }
+    let epoch = j.max_claim().await.map_err(ApiError::store)? + 1;
+    let (mut w, _) = Writer::open(j.clone(), Some(epoch))
+        .await
+        .map_err(ApiError::store)?;
+    let commit = w.append(ops).await.map_err(ApiError::store)?;
+    Ok(json!({"files_changed": changed, "durable": true, "commit": commit}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_bytes::ByteBuf;
+
+    fn write(path: &str, body: &str) -> Op {
+        Op::Write {
+            path: path.into(),
+            mode: 0o644,
+            mtime: 1,
+            size: body.len() as u64,
+            inline: Some(ByteBuf::from(body.as_bytes().to_vec())),
+            chunks: vec![],
+        }
+    }
+
+    fn tree(ops: &[Op]) -> Tree {
+        let mut t = Tree::new(true);
+        for op in ops {
+            t.apply(op).unwrap();
+        }
+        t
+    }
+
+    #[test]
+    fn restoring_a_directory_makes_it_exactly_what_it_was() {
+        let mkdir = |p: &str| Op::Mkdir {
+            path: p.into(),
+            mode: 0o755,
+        };
+        let old = tree(&[
+            mkdir("src"),
+            write("src/a", "old a"),
+            write("src/b", "b"),
+            write("top", "t"),
+        ]);
+        let cur = tree(&[
+            mkdir("src"),
+            write("src/a", "new a"),
+            write("src/b", "b"),
+            mkdir("src/new"),
+            write("src/new/x", "x"),
+            write("top", "changed"),
+        ]);
+        let ops = restore_ops(&cur, &old, "src").unwrap();
+        let mut after = cur.clone();
+        for op in &ops {
+            after.apply(op).unwrap();
+        }
+        let paths = |t: &Tree, p: &str| -> Vec<(String, Content)> {
+            t.iter()
+                .filter(|(k, _)| under(k, p))
+                .map(|(k, n)| (k.clone(), n.content.clone()))
+                .collect()
+        };
+        assert_eq!(paths(&after, "src"), paths(&old, "src"));
+        // Outside the path nothing moves; unchanged files are not rewritten.
+        assert_eq!(after.get("top"), cur.get("top"));
+        assert!(!ops.iter().any(|o| o.path() == "src/b"), "{ops:?}");
+        assert!(restore_ops(&after, &old, "src").unwrap().is_empty());
+    }
+}
