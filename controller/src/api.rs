@@ -433,7 +433,22 @@ async fn observe(
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let t = std::time::Instant::now();
-    let resp = next.run(req).await;
+    // §7: a browser request from another origin (an app in a preview, any
+    // web page) never reaches the API, whatever its method.
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    let resp = match origin {
+        Some(o) if o != format!("http://{}", c.host) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_forbidden",
+            format!("requests from {o} are not allowed"),
+        )
+        .with(json!({ "origin": o }))
+        .into_response(),
+        _ => next.run(req).await,
+    };
     c.metrics
         .api_requests
         .get_or_create(&crate::metrics::RouteLabel {

@@ -256,6 +256,28 @@ async fn round_trip(c: Controller) {
         404
     );
     assert_eq!(call(&c, "PUT", "/api/projects", None).await.0, 405);
+    // Other origins never reach the API (§7), preview origins included.
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/api/projects", c.port))
+        .header("host", format!("localhost:{}", c.port))
+        .header(
+            "origin",
+            format!("http://x-abc123.app.localhost:{}", c.port),
+        )
+        .header("content-type", "application/json")
+        .body(r#"{"name":"x","template":"python"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}/api/templates", c.port))
+        .header("host", format!("localhost:{}", c.port))
+        .header("origin", format!("http://localhost:{}", c.port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "same origin");
 
     let (s, p) = call(
         &c,
