@@ -299,25 +299,47 @@ async fn workspace_token(
     Ok(Json(c.workspace_json(&id, &st, true)))
 }
 
-async fn history(AxState(c): AxState<Shared>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    c.projects.get(&id).await?;
-    let commits = c
-        .projects
-        .journal(&id)
-        .history(100)
-        .await
-        .map_err(ApiError::store)?;
-    let out: Vec<Value> = commits
-        .iter()
-        .map(|ci| {
-            json!({
-                "epoch": ci.id.epoch, "seq": ci.id.seq, "time_ms": ci.time_ms,
-                "files_changed": ci.paths.len(),
-                "paths": ci.paths.iter().take(100).collect::<Vec<_>>(),
+async fn history(
+    AxState(c): AxState<Shared>,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let p = c.projects.get(&id).await?;
+    if let Some(k) = q
+        .keys()
+        .find(|k| !["limit", "before", "path"].contains(&k.as_str()))
+    {
+        return Err(ApiError::bad_request(
+            k,
+            format!("unknown query parameter `{k}`"),
+        ));
+    }
+    let num = |k: &str| -> ApiResult<Option<u64>> {
+        q.get(k)
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| ApiError::bad_request(k, format!("`{k}` must be an integer")))
             })
-        })
-        .collect();
-    Ok(Json(json!({ "commits": out })))
+            .transpose()
+    };
+    let limit = num("limit")?.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::bad_request("limit", "`limit` must be 1–200"));
+    }
+    let before = num("before")?;
+    let filter = q.get("path").map(String::as_str);
+    if let Some(f) = filter {
+        crate::history::check_path(f, false)?;
+    }
+    let page = crate::history::list(
+        &c.projects.journal(&id),
+        p.created_ms,
+        limit as usize,
+        before,
+        filter,
+    )
+    .await?;
+    Ok(Json(page))
 }
 
 fn commit_param(s: &str) -> ApiResult<cove_sync::format::CommitId> {

@@ -151,6 +151,72 @@ pub async fn file_version(j: &Journal, at: CommitId, path: &str) -> ApiResult<Va
     }
 }
 
+/// A page of history (§5.5), newest first; the initial state ends the
+/// whole list. A filtered page reads at most [`SCAN`] commits.
+pub async fn list(
+    j: &Journal,
+    created_ms: u64,
+    limit: usize,
+    before: Option<u64>,
+    filter: Option<&str>,
+) -> ApiResult<Value> {
+    const SCAN: usize = 1000;
+    let chain = j.chain().await.map_err(ApiError::store)?;
+    let ids: Vec<CommitId> = chain
+        .commits()
+        .filter(|c| c.seq > 0 && before.is_none_or(|b| c.seq < b))
+        .collect();
+    let mut out = Vec::new();
+    let mut next_before = None;
+    for (scanned, c) in ids.iter().rev().enumerate() {
+        if out.len() == limit || scanned == SCAN {
+            next_before = Some(c.seq + 1);
+            break;
+        }
+        let seg = j.read_segment(*c).await.map_err(ApiError::store)?;
+        let mut paths: Vec<String> = Vec::new();
+        for op in &seg.ops {
+            if let Op::Rename { from, .. } = op {
+                paths.push(from.clone());
+            }
+            paths.push(op.path().to_string());
+        }
+        paths.sort();
+        paths.dedup();
+        if let Some(f) = filter {
+            if !paths.iter().any(|p| under(p, f)) {
+                continue;
+            }
+        }
+        let n = paths.len();
+        paths.truncate(100);
+        out.push(
+            json!({"epoch": c.epoch, "seq": c.seq, "time_ms": seg.header.time_ms,
+            "files_changed": n, "paths": paths, "paths_truncated": n > 100, "initial": false}),
+        );
+    }
+    if next_before.is_none() && out.len() < limit {
+        let initial_has = match filter {
+            None => true,
+            Some(f) => {
+                let (t, _) = tree_at(j, Some(CommitId { epoch: 1, seq: 0 })).await?;
+                t.get(f).is_some()
+            }
+        };
+        if initial_has {
+            out.push(
+                json!({"epoch": 1, "seq": 0, "time_ms": created_ms, "files_changed": 0,
+                "paths": [], "paths_truncated": false, "initial": true}),
+            );
+        }
+    } else if next_before.is_none() && out.len() == limit {
+        // Full page exactly at the end of the commits: the initial state
+        // is on the next page.
+        next_before = Some(1);
+    }
+    Ok(json!({"commits": out, "next_before": next_before}))
+}
+
 fn under(p: &str, prefix: &str) -> bool {
     prefix.is_empty()
         || p == prefix

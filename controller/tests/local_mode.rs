@@ -101,6 +101,70 @@ fn start_env(extra: &[&str], env: &[(String, String)]) -> Controller {
     }
 }
 
+/// docs/openapi.yaml, parsed once.
+fn spec() -> &'static Value {
+    static SPEC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    SPEC.get_or_init(|| {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.yaml");
+        serde_yaml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    })
+}
+
+fn resolve<'a>(spec: &'a Value, v: &'a Value) -> &'a Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => spec
+            .pointer(r.trim_start_matches('#'))
+            .unwrap_or_else(|| panic!("dangling {r}")),
+        None => v,
+    }
+}
+
+/// Checks one response against the OpenAPI file: the path and method must
+/// be there, the status must be documented for them, and a JSON body must
+/// match its schema. Every API call of these tests goes through it.
+fn conforms(method: &str, path: &str, status: u16, body: &Value) {
+    let spec = spec();
+    let path_only = path.split('?').next().unwrap();
+    let segs: Vec<&str> = path_only.split('/').collect();
+    let Some((_, item)) = spec["paths"].as_object().unwrap().iter().find(|(tpl, _)| {
+        let t: Vec<&str> = tpl.split('/').collect();
+        t.len() == segs.len()
+            && t.iter()
+                .zip(&segs)
+                .all(|(a, b)| a.starts_with('{') || a == b)
+    }) else {
+        // Unknown routes are documented as the generic 404.
+        assert_eq!(status, 404, "{method} {path} is not in openapi.yaml");
+        return;
+    };
+    let Some(op) = item.get(method.to_lowercase()) else {
+        assert_eq!(status, 405, "{method} {path}: method not in openapi.yaml");
+        return;
+    };
+    let resp = op["responses"]
+        .get(status.to_string())
+        .unwrap_or_else(|| panic!("{method} {path}: status {status} is not documented"));
+    let resp = resolve(spec, resp);
+    let Some(schema) = resp.pointer("/content/application~1json/schema") else {
+        return;
+    };
+    let mut root = spec.clone();
+    root["x-check"] = schema.clone();
+    root["$ref"] = json!("#/x-check");
+    let v = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .build(&root)
+        .unwrap_or_else(|e| panic!("schema for {method} {path} {status}: {e}"));
+    let errors: Vec<String> = v
+        .iter_errors(body)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{method} {path} {status} does not match openapi.yaml: {errors:?}\nbody: {body}"
+    );
+}
+
 async fn call(c: &Controller, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{}{path}", c.port);
@@ -115,10 +179,9 @@ async fn call(c: &Controller, method: &str, path: &str, body: Option<&str>) -> (
     let r = req.send().await.unwrap();
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    conforms(method, path, status, &v);
+    (status, v)
 }
 
 type Ws =
@@ -439,6 +502,51 @@ async fn round_trip(c: Controller) {
         .cloned()
         .unwrap_or_else(|| panic!("no commit wrote notes.txt: {h}"));
     let at = format!("{}.{}", first["epoch"], first["seq"]);
+    // Paging: one at a time down to the initial state, which ends the list.
+    let all = h["commits"].as_array().unwrap().clone();
+    assert_eq!(all.last().unwrap()["initial"], true, "{h}");
+    let mut before: Option<u64> = None;
+    let mut seen = Vec::new();
+    loop {
+        let q = match before {
+            Some(b) => format!("?limit=1&before={b}"),
+            None => "?limit=1".into(),
+        };
+        let (_, pg) = call(&c, "GET", &format!("/api/projects/{id}/history{q}"), None).await;
+        seen.extend(pg["commits"].as_array().unwrap().iter().cloned());
+        match pg["next_before"].as_u64() {
+            Some(b) => before = Some(b),
+            None => break,
+        }
+    }
+    assert_eq!(seen, all, "pages of one add up to the list");
+    let (_, only) = call(
+        &c,
+        "GET",
+        &format!("/api/projects/{id}/history?path=notes.txt"),
+        None,
+    )
+    .await;
+    assert!(
+        only["commits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["paths"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p == "notes.txt")),
+        "{only}"
+    );
+    for q in ["?limit=0", "?limit=x", "?color=red"] {
+        let (s, e) = call(&c, "GET", &format!("/api/projects/{id}/history{q}"), None).await;
+        assert_eq!(
+            (s, e["error"]["code"].as_str()),
+            (400, Some("bad_request")),
+            "{q}"
+        );
+    }
     let (s, fv) = call(
         &c,
         "GET",
