@@ -6,7 +6,7 @@
 #   BENCH_QUICK=1 scripts/bench-pty.sh     smaller flood, fewer samples
 #   BENCH_OUT=/tmp/pty.md scripts/bench-pty.sh   also write the report there
 #
-# It measures (pty-server/examples/bench.rs):
+# It measures (pty-server/examples/pty-bench.rs):
 #   1. keystroke echo latency (INPUT frame -> OUTPUT frame), p50/p90/p99/max;
 #   2. output flood throughput through cove-pty vs the raw PTY (script(1));
 #   3. cove-pty RSS idle, with one connection, and per terminal;
@@ -25,4 +25,4 @@ command -v script >/dev/null || {
 }
 
 cargo build --release -p cove-sync -p cove-pty --examples
-exec target/release/examples/bench
+exec target/release/examples/pty-bench

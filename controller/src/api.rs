@@ -608,7 +608,7 @@ async fn ensure_started(c: &Controller, id: &str, wait: Duration) -> ApiResult<S
     }
     let deadline = tokio::time::Instant::now() + wait;
     while st.state == State::Starting && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
         st = c.runtime.status(id);
     }
     Ok(st)

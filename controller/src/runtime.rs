@@ -37,6 +37,8 @@ pub struct Status {
     pub preview_port: Option<u16>,
     #[serde(skip)]
     pub admin_port: Option<u16>,
+    #[serde(skip)]
+    pub sidecar_port: Option<u16>,
 }
 
 impl Status {
@@ -51,6 +53,7 @@ impl Status {
             ide_port: None,
             preview_port: None,
             admin_port: None,
+            sidecar_port: None,
         }
     }
 }
@@ -129,6 +132,10 @@ pub struct LocalRuntime {
     /// Serializes start and stop per controller: they are rare and short.
     ops: tokio::sync::Mutex<()>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Ports handed to running workspaces: a port found free by binding
+    /// and releasing it is not handed out twice while another workspace
+    /// may not have bound it yet.
+    ports: parking_lot::Mutex<std::collections::HashSet<u16>>,
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -173,6 +180,7 @@ impl LocalRuntime {
             ws: parking_lot::Mutex::new(HashMap::new()),
             ops: tokio::sync::Mutex::new(()),
             metrics,
+            ports: Default::default(),
         })
     }
 
@@ -197,8 +205,19 @@ impl LocalRuntime {
         let (cache, root) = (dir.join("cache"), dir.join("workspace"));
         std::fs::create_dir_all(&cache).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
-        let port = |_| free_port().map_err(|e| e.to_string());
-        let (api, ide, preview, admin, app) = (port(0)?, port(1)?, port(2)?, port(3)?, port(4)?);
+        let (api, ide, preview, admin, app) = {
+            let mut taken = self.ports.lock();
+            let mut pick = || -> Result<u16, String> {
+                for _ in 0..100 {
+                    let p = free_port().map_err(|e| e.to_string())?;
+                    if taken.insert(p) {
+                        return Ok(p);
+                    }
+                }
+                Err("no free port".into())
+            };
+            (pick()?, pick()?, pick()?, pick()?, pick()?)
+        };
         let started = std::time::Instant::now();
         let mut cmd = Command::new(self.cfg.bin_dir.join("cove-sync"));
         cmd.args(["--store", &self.cfg.store_url, "serve", "--project", &p])
@@ -271,6 +290,7 @@ impl LocalRuntime {
             r.status.ide_port = Some(ide);
             r.status.preview_port = Some(preview);
             r.status.admin_port = Some(admin);
+            r.status.sidecar_port = Some(api);
             r.sidecar = Some(sidecar);
             r.pty = Some(pty);
         }
@@ -295,7 +315,7 @@ impl LocalRuntime {
                     .observe(started.elapsed().as_secs_f64());
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tokio::spawn(self.clone().supervise(p));
         Ok(())
@@ -305,8 +325,33 @@ impl LocalRuntime {
     /// down and both are started again, within the restart budget; after
     /// that the workspace is failed, with the reason.
     async fn supervise(self: Arc<Self>, p: String) {
+        let http = reqwest::Client::new();
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
+            // While starting, show the sidecar's hydration progress.
+            let sidecar = {
+                let ws = self.ws.lock();
+                ws.get(&p)
+                    .filter(|r| r.status.state == State::Starting)
+                    .and_then(|r| r.status.sidecar_port)
+            };
+            if let Some(port) = sidecar {
+                let st: Option<serde_json::Value> = match http
+                    .get(format!("http://127.0.0.1:{port}/status"))
+                    .timeout(Duration::from_secs(1))
+                    .send()
+                    .await
+                {
+                    Ok(r) => r.json().await.ok(),
+                    Err(_) => None,
+                };
+                if let Some(mut h) = st.map(|s| s["hydration"].clone()) {
+                    if let Some(m) = h.as_object_mut() {
+                        m.remove("damaged");
+                    }
+                    self.set(&p, |s| s.hydration = Some(h));
+                }
+            }
             let restart = {
                 let mut ws = self.ws.lock();
                 let Some(r) = ws.get_mut(&p) else { return };
@@ -320,6 +365,21 @@ impl LocalRuntime {
                     died = Some(format!("cove-pty exited ({st})"));
                 }
                 let Some(why) = died else { continue };
+                let st = &r.status;
+                let mut taken = self.ports.lock();
+                for port in [
+                    st.sidecar_port,
+                    st.ide_port,
+                    st.preview_port,
+                    st.admin_port,
+                    st.app_port,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    taken.remove(&port);
+                }
+                drop(taken);
                 for c in [r.pty.as_ref(), r.sidecar.as_ref()].into_iter().flatten() {
                     term(c);
                 }
@@ -402,8 +462,10 @@ impl Runtime for Arc<LocalRuntime> {
     }
 
     async fn stop(&self, project: &str, reason: Option<String>) -> Result<Status, RuntimeError> {
-        let _g = self.ops.lock().await;
-        let (pty, sidecar) = {
+        // The lock covers the state change only: stops (each waiting for a
+        // final flush) run side by side.
+        let g = self.ops.lock().await;
+        let (pty, sidecar, ports) = {
             let mut ws = self.ws.lock();
             let Some(r) = ws.get_mut(project) else {
                 return Ok(Status::stopped(reason));
@@ -412,8 +474,17 @@ impl Runtime for Arc<LocalRuntime> {
                 return Ok(r.status.clone());
             }
             r.status.state = State::Stopping;
-            (r.pty.take(), r.sidecar.take())
+            let s = &r.status;
+            let ports = [
+                s.sidecar_port,
+                s.ide_port,
+                s.preview_port,
+                s.admin_port,
+                s.app_port,
+            ];
+            (r.pty.take(), r.sidecar.take(), ports)
         };
+        drop(g);
         // Terminals end first, then the sidecar's final flush.
         if let Some(mut c) = pty {
             term(&c);
@@ -438,6 +509,10 @@ impl Runtime for Arc<LocalRuntime> {
         }
         if let Some(r) = self.ws.lock().get_mut(project) {
             r.status = result.clone();
+        }
+        let mut taken = self.ports.lock();
+        for p in ports.into_iter().flatten() {
+            taken.remove(&p);
         }
         Ok(result)
     }

@@ -48,7 +48,7 @@ const KEY_INTERVAL: Duration = Duration::from_millis(5);
 // Processes
 
 fn bin_dir() -> Result<PathBuf> {
-    // target/release/examples/bench -> target/release
+    // target/release/examples/<bench> -> target/release
     let exe = std::env::current_exe()?;
     let dir = exe
         .parent()
