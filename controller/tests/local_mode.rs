@@ -737,3 +737,46 @@ async fn crashed_children_are_restarted_idle_workspaces_stop_and_nothing_is_orph
     assert!(c.child.wait().unwrap().success());
     assert!(pids_of(&id).is_empty(), "left behind: {:?}", pids_of(&id));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_template_gives_a_working_project() {
+    let c = start();
+    let expect = [
+        ("node", "server.js", "process.env.PORT"),
+        ("python", "app.py", "PORT"),
+        ("static", "index.html", "Hello from Cove"),
+        ("rust", "src/main.rs", "fn main"),
+    ];
+    for (template, file, needle) in expect {
+        let body = format!(r#"{{"name":"t {template}","template":"{template}"}}"#);
+        let (s, p) = call(&c, "POST", "/api/projects", Some(&body)).await;
+        assert_eq!(s, 201, "{p}");
+        let id = p["id"].as_str().unwrap().to_string();
+        assert_eq!(p["template"], template);
+        let (_, w) = call(
+            &c,
+            "POST",
+            &format!("/api/projects/{id}/workspace/start"),
+            None,
+        )
+        .await;
+        let token = w["token"].as_str().unwrap().to_string();
+        wait_ready(&c, &id).await;
+        let mut ws = connect(&c, &id, &token).await;
+        let r = request(&mut ws, 2, json!({"type":"fs.read","path":file})).await;
+        let content = r["result"]["content"].as_str().unwrap_or_default();
+        assert!(content.contains(needle), "{template}/{file}: {r}");
+        // The template's own description of itself is not in the project.
+        let r = request(&mut ws, 3, json!({"type":"fs.stat","path":"template.json"})).await;
+        assert_eq!(r["error"]["code"], "not_found", "{template}: {r}");
+        drop(ws);
+        let (s, w) = call(
+            &c,
+            "POST",
+            &format!("/api/projects/{id}/workspace/stop"),
+            None,
+        )
+        .await;
+        assert_eq!((s, w["state"].as_str()), (200, Some("stopped")), "{w}");
+    }
+}
