@@ -12,18 +12,14 @@ use axum::http::StatusCode;
 use base64::Engine as _;
 use cove_sync::format::{keys, CommitId, Op};
 use cove_sync::journal::{Journal, JournalError, Writer};
-use cove_sync::tree::{Content, Node, Tree};
+use cove_sync::tree::{is_within, Content, Node, Tree};
 use serde_json::{json, Value};
 
 /// Past versions larger than this are refused (`too_large`).
 pub const MAX_VERSION_BYTES: u64 = 10 << 20;
 
 pub fn parse_commit(s: &str) -> Option<CommitId> {
-    let (e, q) = s.split_once('.')?;
-    Some(CommitId {
-        epoch: e.parse().ok()?,
-        seq: q.parse().ok()?,
-    })
+    s.parse().ok()
 }
 
 pub fn check_path(path: &str, allow_root: bool) -> ApiResult<()> {
@@ -184,7 +180,7 @@ pub async fn list(
         paths.sort();
         paths.dedup();
         if let Some(f) = filter {
-            if !paths.iter().any(|p| under(p, f)) {
+            if !paths.iter().any(|p| is_within(p, f)) {
                 continue;
             }
         }
@@ -217,12 +213,6 @@ pub async fn list(
     Ok(json!({"commits": out, "next_before": next_before}))
 }
 
-fn under(p: &str, prefix: &str) -> bool {
-    prefix.is_empty()
-        || p == prefix
-        || (p.starts_with(prefix) && p.as_bytes().get(prefix.len()) == Some(&b'/'))
-}
-
 /// The ops that make `cur` equal `old` at and below `prefix`: deletions of
 /// what did not exist then (deepest first), then the old nodes that differ
 /// (parents first). Modification times are the restore's, so build tools
@@ -233,13 +223,13 @@ pub fn restore_ops(cur: &Tree, old: &Tree, prefix: &str) -> ApiResult<Vec<Op>> {
     let mut gone: Vec<&String> = cur
         .iter()
         .map(|(p, _)| p)
-        .filter(|p| under(p, prefix) && old.get(p).is_none())
+        .filter(|p| is_within(p, prefix) && old.get(p).is_none())
         .collect();
     gone.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
     for p in gone {
         ops.push(Op::Delete { path: p.clone() });
     }
-    for (p, n) in old.iter().filter(|(p, _)| under(p, prefix)) {
+    for (p, n) in old.iter().filter(|(p, _)| is_within(p, prefix)) {
         let same = cur
             .get(p)
             .is_some_and(|c| c.content == n.content && c.mode == n.mode);
@@ -336,7 +326,7 @@ mod tests {
         }
         let paths = |t: &Tree, p: &str| -> Vec<(String, Content)> {
             t.iter()
-                .filter(|(k, _)| under(k, p))
+                .filter(|(k, _)| is_within(k, p))
                 .map(|(k, n)| (k.clone(), n.content.clone()))
                 .collect()
         };

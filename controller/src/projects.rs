@@ -40,16 +40,8 @@ pub struct Project {
     pub last_opened_ms: Option<u64>,
 }
 
-/// Store ids: 1–63 of `[a-z0-9-]`, no `-` at either end (storage.md §1).
-pub fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 63
-        && !id.starts_with('-')
-        && !id.ends_with('-')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
+/// Store ids (storage.md §1); the rule lives with the store's keys.
+pub use cove_sync::format::keys::valid_id;
 
 /// §3.2: trimmed, 1–100 scalar values, no control or bidi characters.
 pub fn check_name(raw: &str) -> ApiResult<String> {

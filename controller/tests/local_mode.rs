@@ -245,6 +245,21 @@ async fn request(ws: &mut Ws, id: u64, mut req: Value) -> Value {
     next_json(ws, |v| v["id"] == id).await
 }
 
+/// Starts the workspace, waits for it and opens its socket through the
+/// gateway with the token the start returned.
+async fn start_and_connect(c: &Controller, id: &str) -> Ws {
+    let (_, w) = call(
+        c,
+        "POST",
+        &format!("/api/projects/{id}/workspace/start"),
+        None,
+    )
+    .await;
+    let token = w["token"].as_str().unwrap().to_string();
+    wait_ready(c, id).await;
+    connect(c, id, &token).await
+}
+
 async fn wait_ready(c: &Controller, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -447,16 +462,7 @@ async fn round_trip(c: Controller) {
     )
     .await;
     assert_eq!(w["error"]["code"], "workspace_not_running");
-    let (_, w) = call(
-        &c,
-        "POST",
-        &format!("/api/projects/{id}/workspace/start"),
-        None,
-    )
-    .await;
-    let token = w["token"].as_str().unwrap().to_string();
-    wait_ready(&c, &id).await;
-    let mut ws = connect(&c, &id, &token).await;
+    let mut ws = start_and_connect(&c, &id).await;
     let r = request(&mut ws, 2, json!({"type":"fs.read","path":"notes.txt"})).await;
     assert_eq!(r["result"]["content"], "saved\n", "{r}");
     let v1 = r["result"]["version"].clone();
@@ -596,16 +602,7 @@ async fn round_trip(c: Controller) {
         r2["files_changed"], 0,
         "a second restore changes nothing: {r2}"
     );
-    let (_, w) = call(
-        &c,
-        "POST",
-        &format!("/api/projects/{id}/workspace/start"),
-        None,
-    )
-    .await;
-    let token = w["token"].as_str().unwrap().to_string();
-    wait_ready(&c, &id).await;
-    let mut ws = connect(&c, &id, &token).await;
+    let mut ws = start_and_connect(&c, &id).await;
     let r = request(&mut ws, 2, json!({"type":"fs.read","path":"notes.txt"})).await;
     assert_eq!(r["result"]["content"], "saved\n", "restored: {r}");
     drop(ws);
@@ -753,16 +750,7 @@ async fn every_template_gives_a_working_project() {
         assert_eq!(s, 201, "{p}");
         let id = p["id"].as_str().unwrap().to_string();
         assert_eq!(p["template"], template);
-        let (_, w) = call(
-            &c,
-            "POST",
-            &format!("/api/projects/{id}/workspace/start"),
-            None,
-        )
-        .await;
-        let token = w["token"].as_str().unwrap().to_string();
-        wait_ready(&c, &id).await;
-        let mut ws = connect(&c, &id, &token).await;
+        let mut ws = start_and_connect(&c, &id).await;
         let r = request(&mut ws, 2, json!({"type":"fs.read","path":file})).await;
         let content = r["result"]["content"].as_str().unwrap_or_default();
         assert!(content.contains(needle), "{template}/{file}: {r}");

@@ -624,8 +624,7 @@ fn fs_effect(conn: &Conn, ty: &str, req: &Value) -> ApiResult<(Value, Option<Vec
                 (_, Ok(s)) => (B64.encode(s.as_bytes()), "base64"),
                 (_, Err(e)) => (B64.encode(e.as_bytes()), "base64"),
             };
-            let mtime =
-                (st.st_mtime.max(0) as u64) * 1000 + (st.st_mtime_nsec.max(0) as u64) / 1_000_000;
+            let mtime = crate::files::mtime_ms(&st);
             Ok((
                 json!({"content": content, "encoding": enc, "version": version, "size": st.st_size, "mtime_ms": mtime}),
                 None,

@@ -66,7 +66,8 @@ fn kind_of(st: &FileStat) -> &'static str {
     }
 }
 
-fn mtime_ms(st: &FileStat) -> u64 {
+/// Modification time in ms since the epoch (0 before it), as entries report it.
+pub fn mtime_ms(st: &FileStat) -> u64 {
     (st.st_mtime.max(0) as u64) * 1000 + (st.st_mtime_nsec.max(0) as u64) / 1_000_000
 }
 

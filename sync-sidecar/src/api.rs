@@ -136,14 +136,12 @@ async fn changes(State(ws): State<Arc<Workspace>>, Query(q): Query<ChangesQuery>
                     from: None,
                 },
             };
-            let relevant = prefix.is_empty()
-                || ev.kind == ChangeKind::Overflow
-                || ev.path == prefix
-                || ev.path.starts_with(&format!("{prefix}/"))
+            let relevant = ev.kind == ChangeKind::Overflow
+                || crate::tree::is_within(&ev.path, &prefix)
                 || ev
                     .from
                     .as_deref()
-                    .is_some_and(|f| f == prefix || f.starts_with(&format!("{prefix}/")));
+                    .is_some_and(|f| crate::tree::is_within(f, &prefix));
             if !relevant {
                 return None;
             }

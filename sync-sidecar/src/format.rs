@@ -403,6 +403,19 @@ pub struct CommitId {
     pub seq: u64,
 }
 
+impl std::str::FromStr for CommitId {
+    type Err = &'static str;
+
+    /// `EPOCH.SEQ`, as `Display` writes it (and `cove-sync history` prints).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (e, q) = s.split_once('.').ok_or("commit must be EPOCH.SEQ")?;
+        Ok(CommitId {
+            epoch: e.parse().map_err(|_| "bad epoch")?,
+            seq: q.parse().map_err(|_| "bad seq")?,
+        })
+    }
+}
+
 impl std::fmt::Display for CommitId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}.{}", self.epoch, self.seq)
@@ -412,6 +425,18 @@ impl std::fmt::Display for CommitId {
 pub mod keys {
     //! Key construction and parsing; the only place key shapes are spelled.
     use super::FormatError;
+
+    /// Project and template ids (storage.md §1): 1–63 of `[a-z0-9-]`, no
+    /// `-` at either end, so they are safe in keys, paths and host names.
+    pub fn valid_id(id: &str) -> bool {
+        !id.is_empty()
+            && id.len() <= 63
+            && !id.starts_with('-')
+            && !id.ends_with('-')
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    }
 
     pub fn project_root(id: &str) -> String {
         format!("projects/{id}")

@@ -118,25 +118,15 @@ enum Cmd {
 
 /// Project and template names: safe in host names, keys and paths.
 fn check_id(kind: &str, id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 63
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !id.starts_with('-')
-        && !id.ends_with('-');
-    if !ok {
+    if !keys::valid_id(id) {
         bail!("invalid {kind} id {id:?}: use 1-63 lowercase letters, digits and '-', not at either end");
     }
     Ok(())
 }
 
 fn parse_commit(s: &str) -> Result<CommitId> {
-    let (e, q) = s.split_once('.').context("commit must be EPOCH.SEQ")?;
-    Ok(CommitId {
-        epoch: e.parse().context("bad epoch")?,
-        seq: q.parse().context("bad seq")?,
-    })
+    s.parse::<CommitId>()
+        .map_err(|e| anyhow::anyhow!("{e}: {s:?}"))
 }
 
 async fn open_store(url: &Option<String>) -> Result<DynStore> {

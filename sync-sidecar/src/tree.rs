@@ -270,6 +270,13 @@ pub fn node_op(path: &str, n: &Node) -> Option<Op> {
     })
 }
 
+/// `path` is `dir` or lies below it (`""` holds everything).
+pub fn is_within(path: &str, dir: &str) -> bool {
+    dir.is_empty()
+        || path == dir
+        || (path.starts_with(dir) && path.as_bytes().get(dir.len()) == Some(&b'/'))
+}
+
 /// Validate a path from any source (kernel, client, store).
 pub fn valid(path: &str) -> bool {
     check_path(path).is_ok()
