@@ -54,6 +54,8 @@ async fn main() -> Result<()> {
                 .unwrap_or_else(|_| "cove_controller=info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: log files and collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let a = Args::parse();
     std::fs::create_dir_all(&a.data_dir)?;

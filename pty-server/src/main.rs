@@ -82,6 +82,8 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| "cove_pty=info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: log files and collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let secrets: Vec<Vec<u8>> = std::env::var("COVE_TOKEN_SECRET")
