@@ -84,6 +84,16 @@ pub trait Runtime: Send + Sync {
     fn running(&self) -> Vec<String>;
     /// cove-pty's `/activity` of a running workspace (protocol.md §17).
     async fn activity(&self, project: &str) -> Option<serde_json::Value>;
+    /// Sends `body` to the running workspace sidecar's `POST /restore`
+    /// (sync-api.md) and returns its status and JSON answer. Only the
+    /// runtime knows how to reach the sidecar (loopback here, the pod in a
+    /// cluster).
+    async fn restore(
+        &self,
+        project: &str,
+        body: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<(u16, serde_json::Value), RuntimeError>;
     /// Controller shutdown: stop everything.
     async fn shutdown(&self);
 }
@@ -101,6 +111,10 @@ pub struct LocalConfig {
 }
 
 struct Running {
+    /// Which start this is. A supervisor or a launch left over from an
+    /// earlier start (stop, then start again within its sleep) sees another
+    /// number and leaves the new run alone.
+    run: u64,
     status: Status,
     sidecar: Option<Child>,
     pty: Option<Child>,
@@ -184,8 +198,9 @@ impl LocalRuntime {
         })
     }
 
-    fn set(&self, project: &str, f: impl FnOnce(&mut Status)) {
-        if let Some(r) = self.ws.lock().get_mut(project) {
+    /// Changes the status of `run` of `project`, if that run is current.
+    fn set(&self, project: &str, run: u64, f: impl FnOnce(&mut Status)) {
+        if let Some(r) = self.ws.lock().get_mut(project).filter(|r| r.run == run) {
             f(&mut r.status);
         }
     }
@@ -195,11 +210,12 @@ impl LocalRuntime {
     fn launch_boxed(
         self: Arc<Self>,
         spec: StartSpec,
+        run: u64,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
-        Box::pin(self.launch(spec))
+        Box::pin(self.launch(spec, run))
     }
 
-    async fn launch(self: Arc<Self>, spec: StartSpec) -> Result<(), String> {
+    async fn launch(self: Arc<Self>, spec: StartSpec, run: u64) -> Result<(), String> {
         let p = spec.project.clone();
         let dir = self.cfg.data_dir.join("workspaces").join(&p);
         let (cache, root) = (dir.join("cache"), dir.join("workspace"));
@@ -282,7 +298,9 @@ impl LocalRuntime {
         };
         {
             let mut ws = self.ws.lock();
-            let Some(r) = ws.get_mut(&p) else {
+            let Some(r) = ws.get_mut(&p).filter(|r| r.run == run) else {
+                // Stopped (and maybe started again) meanwhile: these
+                // children belong to no run; dropping them kills them.
                 return Err("stopped while starting".into());
             };
             r.status.mode = Some(mode.into());
@@ -304,7 +322,7 @@ impl LocalRuntime {
                 .await
                 .is_ok_and(|r| r.status().is_success());
             if ok {
-                self.set(&p, |s| {
+                self.set(&p, run, |s| {
                     if s.state == State::Starting {
                         s.state = State::Ready;
                         s.reason = None;
@@ -317,14 +335,14 @@ impl LocalRuntime {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::spawn(self.clone().supervise(p));
+        tokio::spawn(self.clone().supervise(p, run));
         Ok(())
     }
 
     /// Watches the children. One that exits on its own takes its partner
     /// down and both are started again, within the restart budget; after
     /// that the workspace is failed, with the reason.
-    async fn supervise(self: Arc<Self>, p: String) {
+    async fn supervise(self: Arc<Self>, p: String, run: u64) {
         let http = reqwest::Client::new();
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -332,7 +350,7 @@ impl LocalRuntime {
             let sidecar = {
                 let ws = self.ws.lock();
                 ws.get(&p)
-                    .filter(|r| r.status.state == State::Starting)
+                    .filter(|r| r.run == run && r.status.state == State::Starting)
                     .and_then(|r| r.status.sidecar_port)
             };
             if let Some(port) = sidecar {
@@ -349,13 +367,13 @@ impl LocalRuntime {
                     if let Some(m) = h.as_object_mut() {
                         m.remove("damaged");
                     }
-                    self.set(&p, |s| s.hydration = Some(h));
+                    self.set(&p, run, |s| s.hydration = Some(h));
                 }
             }
             let restart = {
                 let mut ws = self.ws.lock();
                 let Some(r) = ws.get_mut(&p) else { return };
-                if !matches!(r.status.state, State::Starting | State::Ready) {
+                if r.run != run || !matches!(r.status.state, State::Starting | State::Ready) {
                     return;
                 }
                 let mut died = None;
@@ -409,8 +427,8 @@ impl LocalRuntime {
                 project: p.clone(),
                 epoch: None,
             };
-            if let Err(reason) = self.clone().launch_boxed(spec).await {
-                self.set(&p, |s| {
+            if let Err(reason) = self.clone().launch_boxed(spec, run).await {
+                self.set(&p, run, |s| {
                     s.state = State::Failed;
                     s.reason = Some(reason);
                 });
@@ -426,6 +444,8 @@ impl Runtime for Arc<LocalRuntime> {
     async fn start(&self, spec: StartSpec) -> Result<Status, RuntimeError> {
         let _g = self.ops.lock().await;
         let p = spec.project.clone();
+        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         {
             let mut ws = self.ws.lock();
             if let Some(r) = ws.get(&p) {
@@ -439,6 +459,7 @@ impl Runtime for Arc<LocalRuntime> {
             ws.insert(
                 p.clone(),
                 Running {
+                    run,
                     status,
                     sidecar: None,
                     pty: None,
@@ -450,9 +471,9 @@ impl Runtime for Arc<LocalRuntime> {
         let project = p.clone();
         tokio::spawn(async move {
             let p = project;
-            if let Err(reason) = me.clone().launch(spec).await {
+            if let Err(reason) = me.clone().launch(spec, run).await {
                 tracing::warn!(project = %p, %reason, "workspace failed to start");
-                me.set(&p, |s| {
+                me.set(&p, run, |s| {
                     s.state = State::Failed;
                     s.reason = Some(reason);
                 });
@@ -545,6 +566,34 @@ impl Runtime for Arc<LocalRuntime> {
             .json()
             .await
             .ok()
+    }
+
+    async fn restore(
+        &self,
+        project: &str,
+        body: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<(u16, serde_json::Value), RuntimeError> {
+        let port = self
+            .ws
+            .lock()
+            .get(project)
+            .filter(|r| r.status.state == State::Ready)
+            .and_then(|r| r.status.sidecar_port)
+            .ok_or_else(|| RuntimeError::Failed("the workspace is not running".into()))?;
+        let r = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/restore"))
+            .json(&body)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| RuntimeError::Failed(format!("the sidecar's restore: {e}")))?;
+        let status = r.status().as_u16();
+        let v = r
+            .json()
+            .await
+            .map_err(|e| RuntimeError::Failed(format!("the sidecar's restore answer: {e}")))?;
+        Ok((status, v))
     }
 
     async fn shutdown(&self) {
