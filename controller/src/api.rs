@@ -394,20 +394,68 @@ async fn restore(
     };
     c.projects.get(&id).await?;
     let at = commit_param(&commit)?;
-    // The restore writes as a new epoch, which would fence a running
-    // sidecar: it is done while the workspace is stopped.
-    let st = c.runtime.status(&id);
-    if !matches!(st.state, State::Stopped | State::Failed) {
-        return Err(ApiError::new(
+    crate::history::check_path(path, true)?;
+    match c.runtime.status(&id).state {
+        // The sidecar holds the project: it restores, through the files.
+        State::Ready => restore_running(&c, &id, at, path).await,
+        // Nobody holds it: commit the restore as a writer of a new epoch.
+        State::Stopped | State::Failed => Ok(Json(
+            crate::history::restore_stopped(&c.projects.journal(&id), at, path).await?,
+        )),
+        st => Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
-            "stop the workspace to restore (restoring a running one is not implemented yet)",
+            format!(
+                "the workspace is {}: restore once it is ready or stopped",
+                json!(st).as_str().unwrap_or("busy")
+            ),
         )
-        .with(json!({"state": st.state})));
+        .with(json!({ "state": st }))),
     }
-    Ok(Json(
-        crate::history::restore_stopped(&c.projects.journal(&id), at, path).await?,
-    ))
+}
+
+/// How long a running workspace's restore waits for its final flush before
+/// answering `durable: false` (api.md §5.5).
+const RESTORE_FLUSH_WAIT: Duration = Duration::from_secs(30);
+
+async fn restore_running(
+    c: &Controller,
+    id: &str,
+    at: cove_sync::format::CommitId,
+    path: &str,
+) -> ApiResult<Json<Value>> {
+    let body = json!({
+        "commit": at.to_string(),
+        "path": path,
+        "wait_ms": RESTORE_FLUSH_WAIT.as_millis() as u64,
+    });
+    // The first flush and the writes come before the bounded final flush.
+    let (status, v) = c
+        .runtime
+        .restore(id, body, RESTORE_FLUSH_WAIT * 2)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "workspace_failed", e.to_string()))?;
+    if status == 200 {
+        return Ok(Json(v));
+    }
+    let code = v["error"]["code"].as_str().unwrap_or("");
+    let msg = v["error"]["message"].as_str().unwrap_or("").to_string();
+    Err(match code {
+        "unknown_commit" => ApiError::new(StatusCode::NOT_FOUND, "unknown_commit", msg)
+            .with(json!({"commit": at.to_string()})),
+        "path_not_found" => ApiError::new(StatusCode::NOT_FOUND, "path_not_found", msg)
+            .with(json!({ "path": path })),
+        "bad_path" => {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_path", msg).with(json!({ "path": path }))
+        }
+        "unavailable" => ApiError::store(msg),
+        _ => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "workspace_failed",
+            format!("the workspace could not restore: {msg}"),
+        )
+        .with(json!({ "reason": msg })),
+    })
 }
 
 pub fn api_router(c: Shared) -> Router {

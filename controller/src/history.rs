@@ -3,9 +3,10 @@
 //!
 //! A restore is a new commit whose content at the path equals the old
 //! commit's: history stays append-only and a restore can be undone by
-//! another. It is written as a writer with a new epoch, so it is fenced
-//! like any other writer; that is why it needs the workspace stopped (a
-//! running sidecar would be fenced by it).
+//! another. A stopped project's restore is written here as a writer with a
+//! new epoch, fenced like any other writer; a running one is done by its
+//! sidecar through the workspace's files (cove_sync::restore), since a new
+//! epoch would fence that sidecar.
 
 use crate::error::{ApiError, ApiResult};
 use axum::http::StatusCode;
@@ -213,42 +214,6 @@ pub async fn list(
     Ok(json!({"commits": out, "next_before": next_before}))
 }
 
-/// The ops that make `cur` equal `old` at and below `prefix`: deletions of
-/// what did not exist then (deepest first), then the old nodes that differ
-/// (parents first). Modification times are the restore's, so build tools
-/// see the change.
-pub fn restore_ops(cur: &Tree, old: &Tree, prefix: &str) -> ApiResult<Vec<Op>> {
-    let now_ns = cove_sync::journal::now_ms() as i64 * 1_000_000;
-    let mut ops = Vec::new();
-    let mut gone: Vec<&String> = cur
-        .iter()
-        .map(|(p, _)| p)
-        .filter(|p| is_within(p, prefix) && old.get(p).is_none())
-        .collect();
-    gone.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
-    for p in gone {
-        ops.push(Op::Delete { path: p.clone() });
-    }
-    for (p, n) in old.iter().filter(|(p, _)| is_within(p, prefix)) {
-        let same = cur
-            .get(p)
-            .is_some_and(|c| c.content == n.content && c.mode == n.mode);
-        if same {
-            continue;
-        }
-        let mut n = n.clone();
-        n.mtime = now_ns;
-        // A file replaced by a directory (or the reverse) goes first.
-        if cur.get(p).is_some_and(|c| c.is_dir() != n.is_dir()) {
-            ops.push(Op::Delete { path: p.clone() });
-        }
-        let op = cove_sync::tree::node_op(p, &n)
-            .ok_or_else(|| ApiError::internal(format!("no body for {p} in the old tree")))?;
-        ops.push(op);
-    }
-    Ok(ops)
-}
-
 /// Restores `path` (`""`: everything) of a stopped project to `at`.
 pub async fn restore_stopped(j: &Journal, at: CommitId, path: &str) -> ApiResult<Value> {
     check_path(path, true)?;
@@ -262,7 +227,7 @@ pub async fn restore_stopped(j: &Journal, at: CommitId, path: &str) -> ApiResult
         .with(json!({ "path": path })));
     }
     let (cur, head) = tree_at(j, None).await?;
-    let ops = restore_ops(&cur, &old, path)?;
+    let ops = cove_sync::restore::restore_ops(&cur, &old, path).map_err(ApiError::internal)?;
     let changed = ops.len();
     if changed == 0 {
         return Ok(json!({"files_changed": 0, "durable": true, "commit": head}));
@@ -273,67 +238,4 @@ pub async fn restore_stopped(j: &Journal, at: CommitId, path: &str) -> ApiResult
         .map_err(ApiError::store)?;
     let commit = w.append(ops).await.map_err(ApiError::store)?;
     Ok(json!({"files_changed": changed, "durable": true, "commit": commit}))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_bytes::ByteBuf;
-
-    fn write(path: &str, body: &str) -> Op {
-        Op::Write {
-            path: path.into(),
-            mode: 0o644,
-            mtime: 1,
-            size: body.len() as u64,
-            inline: Some(ByteBuf::from(body.as_bytes().to_vec())),
-            chunks: vec![],
-        }
-    }
-
-    fn tree(ops: &[Op]) -> Tree {
-        let mut t = Tree::new(true);
-        for op in ops {
-            t.apply(op).unwrap();
-        }
-        t
-    }
-
-    #[test]
-    fn restoring_a_directory_makes_it_exactly_what_it_was() {
-        let mkdir = |p: &str| Op::Mkdir {
-            path: p.into(),
-            mode: 0o755,
-        };
-        let old = tree(&[
-            mkdir("src"),
-            write("src/a", "old a"),
-            write("src/b", "b"),
-            write("top", "t"),
-        ]);
-        let cur = tree(&[
-            mkdir("src"),
-            write("src/a", "new a"),
-            write("src/b", "b"),
-            mkdir("src/new"),
-            write("src/new/x", "x"),
-            write("top", "changed"),
-        ]);
-        let ops = restore_ops(&cur, &old, "src").unwrap();
-        let mut after = cur.clone();
-        for op in &ops {
-            after.apply(op).unwrap();
-        }
-        let paths = |t: &Tree, p: &str| -> Vec<(String, Content)> {
-            t.iter()
-                .filter(|(k, _)| is_within(k, p))
-                .map(|(k, n)| (k.clone(), n.content.clone()))
-                .collect()
-        };
-        assert_eq!(paths(&after, "src"), paths(&old, "src"));
-        // Outside the path nothing moves; unchanged files are not rewritten.
-        assert_eq!(after.get("top"), cur.get("top"));
-        assert!(!ops.iter().any(|o| o.path() == "src/b"), "{ops:?}");
-        assert!(restore_ops(&after, &old, "src").unwrap().is_empty());
-    }
 }

@@ -9,10 +9,14 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+/// A controller process. Its log (and its children's, which inherit its
+/// stderr) goes to a file, printed only when the test fails: four tests'
+/// interleaved logs would otherwise bury the one panic message that says
+/// what went wrong.
 struct Controller {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Controller {
@@ -22,6 +26,17 @@ impl Drop for Controller {
             nix::sys::signal::SIGTERM,
         );
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("controller.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(80)..];
+            eprintln!(
+                "---- the last {} lines of the controller's log ----\n{}",
+                tail.len(),
+                tail.join("\n")
+            );
+        }
     }
 }
 
@@ -87,18 +102,16 @@ fn start_env(extra: &[&str], env: &[(String, String)]) -> Controller {
         .arg(&templates)
         .args(extra)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("controller.log")).unwrap())
         .spawn()
         .expect("starting cove-controller");
     let out = child.stdout.take().unwrap();
     let mut line = String::new();
     BufReader::new(out).read_line(&mut line).unwrap();
     assert!(line.starts_with("listening"), "{line}");
-    Controller {
-        child,
-        port,
-        _dir: dir,
-    }
+    Controller { child, port, dir }
 }
 
 /// docs/openapi.yaml, parsed once.
@@ -468,20 +481,63 @@ async fn round_trip(c: Controller) {
     let v1 = r["result"]["version"].clone();
     let r = request(&mut ws, 3, json!({"type":"fs.write","path":"notes.txt","content":"v2\n","encoding":"utf8","base_version":v1})).await;
     assert_eq!(r["result"]["durable"], true, "{r}");
-    drop(ws);
-    // Restoring needs the workspace stopped.
-    let (s, e) = call(
+
+    // The oldest commit that wrote notes.txt has "saved". Restored into the
+    // running workspace, by its sidecar through the files: the client's
+    // change feed hears of it, and the answer means durable.
+    let find_first = |h: &Value| {
+        let first = h["commits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|c| {
+                c["paths"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p == "notes.txt")
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no commit wrote notes.txt: {h}"));
+        format!("{}.{}", first["epoch"], first["seq"])
+    };
+    let (_, h) = call(&c, "GET", &format!("/api/projects/{id}/history"), None).await;
+    let at = find_first(&h);
+    let r = request(&mut ws, 4, json!({"type":"fs.subscribe","path":""})).await;
+    assert!(r["result"].is_object(), "{r}");
+    let (s, r) = call(
         &c,
         "POST",
-        &format!("/api/projects/{id}/history/1.1/restore"),
-        Some("{}"),
+        &format!("/api/projects/{id}/history/{at}/restore"),
+        Some(r#"{"path":"notes.txt"}"#),
     )
     .await;
     assert_eq!(
-        (s, e["error"]["code"].as_str()),
-        (409, Some("conflict")),
-        "{e}"
+        (s, r["files_changed"].as_u64(), r["durable"].as_bool()),
+        (200, Some(1), Some(true)),
+        "{r}"
     );
+    let ev = next_json(&mut ws, |v| {
+        v["type"] == "fs.changes"
+            && v["events"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["path"] == "notes.txt"))
+    })
+    .await;
+    assert!(
+        !ev.to_string().contains(".cove-tmp-"),
+        "temporary files stay hidden: {ev}"
+    );
+    let r = request(&mut ws, 5, json!({"type":"fs.read","path":"notes.txt"})).await;
+    assert_eq!(
+        r["result"]["content"], "saved\n",
+        "restored while running: {r}"
+    );
+    // A newer version again, for the restore of the stopped project below.
+    let r = request(&mut ws, 6, json!({"type":"fs.write","path":"notes.txt","content":"v3\n","encoding":"utf8","base_version":r["result"]["version"]})).await;
+    assert_eq!(r["result"]["durable"], true, "{r}");
+    drop(ws);
     let (s, _) = call(
         &c,
         "POST",
@@ -490,24 +546,8 @@ async fn round_trip(c: Controller) {
     )
     .await;
     assert_eq!(s, 200);
-
-    // The oldest commit that wrote notes.txt has "saved"; restore it.
     let (_, h) = call(&c, "GET", &format!("/api/projects/{id}/history"), None).await;
-    let first = h["commits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .rev()
-        .find(|c| {
-            c["paths"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|p| p == "notes.txt")
-        })
-        .cloned()
-        .unwrap_or_else(|| panic!("no commit wrote notes.txt: {h}"));
-    let at = format!("{}.{}", first["epoch"], first["seq"]);
+    assert_eq!(find_first(&h), at, "{h}");
     // Paging: one at a time down to the initial state, which ends the list.
     let all = h["commits"].as_array().unwrap().clone();
     assert_eq!(all.last().unwrap()["initial"], true, "{h}");

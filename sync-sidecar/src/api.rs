@@ -7,8 +7,11 @@
 //! - `POST /flush`    — `{"paths": [...]}` (omit for everything); answers once
 //!   durable with the commit that holds it.
 //! - `GET  /changes`  — change feed, one JSON event per line (`?prefix=`).
+//! - `POST /restore`  — `{"commit": "E.S", "path": "..."}`: make the path
+//!   (omitted: everything) what it was at that commit; answers once durable.
 //! - `GET  /metrics`  — Prometheus text format.
 
+use crate::restore::{RestoreError, Target};
 use crate::workspace::{ChangeEvent, ChangeKind, FlushError, Workspace};
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -25,7 +28,12 @@ use tokio_stream::wrappers::BroadcastStream;
 /// Largest flush request body we accept.
 const MAX_BODY: usize = 1 << 20;
 
-pub fn router(ws: Arc<Workspace>) -> Router {
+/// The API of `ws`; `restore` is where it can restore (`None`: it cannot,
+/// `/restore` answers 501).
+pub fn router(ws: Arc<Workspace>, restore: Option<Arc<Target>>) -> Router {
+    let restoring = Router::new()
+        .route("/restore", post(restore_handler))
+        .with_state((ws.clone(), restore));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -33,9 +41,84 @@ pub fn router(ws: Arc<Workspace>) -> Router {
         .route("/flush", post(flush))
         .route("/changes", get(changes))
         .route("/metrics", get(metrics))
+        .with_state(ws)
+        .merge(restoring)
         .fallback(|| async { err(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .with_state(ws)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreReq {
+    commit: String,
+    path: Option<String>,
+    /// Longest wait for the final flush; absent: until durable.
+    wait_ms: Option<u64>,
+}
+
+async fn restore_handler(
+    State((ws, target)): State<(Arc<Workspace>, Option<Arc<Target>>)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(target) = target else {
+        return err(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            "this sidecar was started without a restore target",
+        );
+    };
+    let req: RestoreReq = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("invalid restore request: {e}"),
+            )
+        }
+    };
+    let Ok(at) = req.commit.parse() else {
+        return err(
+            StatusCode::NOT_FOUND,
+            "unknown_commit",
+            &format!("{:?} is not a commit id (EPOCH.SEQ)", req.commit),
+        );
+    };
+    let path = req.path.as_deref().unwrap_or("").trim_matches('/');
+    if !ws.is_ready() {
+        return err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "hydration has not finished",
+        );
+    }
+    match crate::restore::restore(
+        &ws,
+        &target,
+        at,
+        path,
+        req.wait_ms.map(std::time::Duration::from_millis),
+    )
+    .await
+    {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => {
+            let (status, code) = match &e {
+                RestoreError::UnknownCommit(_) => (StatusCode::NOT_FOUND, "unknown_commit"),
+                RestoreError::PathNotFound { .. } => (StatusCode::NOT_FOUND, "path_not_found"),
+                RestoreError::BadPath(_) | RestoreError::Flush(FlushError::BadPath(_)) => {
+                    (StatusCode::BAD_REQUEST, "bad_path")
+                }
+                RestoreError::Flush(FlushError::Fenced) => (StatusCode::CONFLICT, "fenced"),
+                RestoreError::Flush(_) | RestoreError::Journal(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+                }
+                RestoreError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "io_error"),
+            };
+            tracing::warn!(error = %e, "restore failed");
+            err(status, code, &e.to_string())
+        }
+    }
 }
 
 fn err(status: StatusCode, code: &str, message: &str) -> Response {
@@ -168,8 +251,12 @@ async fn metrics(State(ws): State<Arc<Workspace>>) -> Response {
 }
 
 /// Serve the API on `addr`: `host:port` or `unix:/path/to.sock`.
-pub async fn serve(ws: Arc<Workspace>, addr: &str) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let app = router(ws);
+pub async fn serve(
+    ws: Arc<Workspace>,
+    restore: Option<Arc<Target>>,
+    addr: &str,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let app = router(ws, restore);
     if let Some(path) = addr.strip_prefix("unix:") {
         let _ = std::fs::remove_file(path);
         let listener = tokio::net::UnixListener::bind(path)?;

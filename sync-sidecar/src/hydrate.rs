@@ -195,7 +195,7 @@ fn set_mtime_at(dir: &std::os::fd::OwnedFd, name: &str, mtime: i64) -> io::Resul
     Ok(())
 }
 
-fn set_mtime(f: &std::fs::File, mtime: i64) -> io::Result<()> {
+pub(crate) fn set_mtime(f: &std::fs::File, mtime: i64) -> io::Result<()> {
     let (secs, nanos) = (
         mtime.div_euclid(1_000_000_000),
         mtime.rem_euclid(1_000_000_000) as u32,

@@ -24,6 +24,7 @@ pub mod fuse;
 pub mod hydrate;
 pub mod journal;
 pub mod metrics;
+pub mod restore;
 pub mod snapshot;
 pub mod store;
 pub mod tree;

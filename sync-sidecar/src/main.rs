@@ -146,6 +146,8 @@ async fn main() -> Result<()> {
                 .unwrap_or_else(|_| "info,fuser=error".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: log files and collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let store = open_store(&cli.store).await?;
@@ -372,7 +374,8 @@ async fn serve(
     };
     let root = Root::open(&tree_dir).with_context(|| format!("opening {}", tree_dir.display()))?;
     let ws = Workspace::new(root, if fuse_mode { "fuse" } else { "watch" }, project, cfg);
-    let api_task = api::serve(ws.clone(), api_addr)
+    let target = cove_sync::restore::Target::new(journal.clone(), workspace_dir.to_path_buf());
+    let api_task = api::serve(ws.clone(), Some(Arc::new(target)), api_addr)
         .await
         .with_context(|| format!("binding the control API on {api_addr}"))?;
     let committer = ws

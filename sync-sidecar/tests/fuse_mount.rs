@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::sidecar::{assert_same, export, snapshot, stores, wait_until, Entry, Sidecar, Store};
+use common::sidecar::{
+    assert_same, export, http, snapshot, stores, wait_until, Entry, Sidecar, Store,
+};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -584,4 +586,117 @@ mod differential {
         sc.terminate();
         wait_until("nothing", Duration::from_secs(1), || true);
     }
+}
+
+fn commit_of(flush_body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(flush_body).unwrap();
+    format!("{}.{}", v["commit"]["epoch"], v["commit"]["seq"])
+}
+
+/// A running workspace is restored by its own sidecar, through the mount:
+/// files, a multi-chunk file, a directory that replaced a file, deletions;
+/// one path alone; and bad requests answered clearly, changing nothing.
+fn restore_running(mode: &'static str) {
+    let (store, _g) = stores().remove(0);
+    let sc = Sidecar::start(&store, &format!("restore-{mode}"), mode, &[]);
+    let big: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 251) as u8).collect();
+    fs::write(sc.path("a.txt"), "a1").unwrap();
+    fs::write(sc.path("big.bin"), &big).unwrap();
+    fs::write(sc.path("thing"), "a file").unwrap();
+    fs::create_dir(sc.path("src")).unwrap();
+    fs::write(sc.path("src/keep.rs"), "k1").unwrap();
+    let (code, body) = sc.flush("");
+    assert_eq!(code, 200, "{body}");
+    let first = commit_of(&body);
+    let then = snapshot(&sc.mount);
+
+    fs::write(sc.path("a.txt"), "a2").unwrap();
+    fs::write(sc.path("big.bin"), b"small now").unwrap();
+    fs::remove_file(sc.path("thing")).unwrap();
+    fs::create_dir_all(sc.path("thing/inside")).unwrap();
+    fs::write(sc.path("thing/inside/x"), "x").unwrap();
+    fs::write(sc.path("src/keep.rs"), "k2").unwrap();
+    fs::write(sc.path("new.txt"), "new").unwrap();
+    let (code, body) = sc.flush("");
+    assert_eq!(code, 200, "{body}");
+
+    // One path only: the rest stays as it is.
+    let (code, body) = http(
+        &sc.api,
+        "POST",
+        "/restore",
+        &format!(r#"{{"commit":"{first}","path":"src/keep.rs"}}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"files_changed\":1"), "{body}");
+    assert_eq!(fs::read_to_string(sc.path("src/keep.rs")).unwrap(), "k1");
+    assert_eq!(fs::read_to_string(sc.path("a.txt")).unwrap(), "a2");
+
+    for (req, status, code) in [
+        (r#"{"commit":"99.99"}"#.to_string(), 404, "unknown_commit"),
+        (
+            r#"{"commit":"nonsense"}"#.to_string(),
+            404,
+            "unknown_commit",
+        ),
+        (
+            format!(r#"{{"commit":"{first}","path":"new.txt"}}"#),
+            404,
+            "path_not_found",
+        ),
+        (
+            format!(r#"{{"commit":"{first}","path":"../etc"}}"#),
+            400,
+            "bad_path",
+        ),
+        ("{not json".to_string(), 400, "bad_request"),
+        (r#"{"path":"a.txt"}"#.to_string(), 400, "bad_request"),
+    ] {
+        let (s, body) = http(&sc.api, "POST", "/restore", &req);
+        assert_eq!(s, status, "{req}: {body}");
+        assert!(body.contains(code), "{req}: {body}");
+    }
+    assert_eq!(fs::read_to_string(sc.path("a.txt")).unwrap(), "a2");
+
+    // Everything: the workspace is exactly what it was, and so is the store.
+    let (code, body) = http(
+        &sc.api,
+        "POST",
+        "/restore",
+        &format!(r#"{{"commit":"{first}"}}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_same(
+        &format!("{mode}: restored workspace vs then"),
+        &without_mtimes(&snapshot(&sc.mount)),
+        &without_mtimes(&then),
+    );
+    assert_eq!(fs::read(sc.path("big.bin")).unwrap(), big);
+    let (code, body) = http(
+        &sc.api,
+        "POST",
+        "/restore",
+        &format!(r#"{{"commit":"{first}"}}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"files_changed\":0"), "again: {body}");
+    sc.terminate();
+    let out = export(&store, &format!("restore-{mode}"));
+    assert_same(
+        &format!("{mode}: store after restore vs then"),
+        &without_mtimes(&snapshot(out.path())),
+        &without_mtimes(&then),
+    );
+}
+
+#[test]
+fn a_running_workspace_restores_through_its_mount() {
+    if fuse_available() {
+        restore_running("fuse");
+    }
+}
+
+#[test]
+fn a_watched_workspace_restores_too() {
+    restore_running("watch");
 }

@@ -1,0 +1,405 @@
+//! Restore: make a path (or the whole project) what it was at an earlier
+//! commit (docs/sync-api.md, `POST /restore`).
+//!
+//! A stopped project is restored by appending one commit as a new writer
+//! ([`restore_ops`] is shared with that path, in the controller). A running
+//! one cannot be: a new epoch would fence the sidecar that holds it. So the
+//! holder restores, and it does so through the workspace as programs see it
+//! (the FUSE mount or the watched directory), like any editor would: the
+//! kernel's caches stay coherent, cove-pty's change feed tells the IDE which
+//! files changed, and the ordinary commit path records the result. Each file
+//! is written to a temporary name and renamed over the old one, so no
+//! program ever reads a half-restored file.
+//!
+//! A restore races with the user's own writes like two editors do: a file
+//! written during the restore keeps whichever write landed last.
+
+use crate::format::{keys, CommitId, Op};
+use crate::fsutil::{self, split, Root};
+use crate::journal::{Journal, JournalError};
+use crate::tree::{is_within, valid, Tree};
+use crate::workspace::{FlushError, Workspace};
+use nix::fcntl::OFlag;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Marks temporary files, as cove-pty's do, so the change feed hides them.
+const TMP_MARKER: &str = ".cove-tmp-";
+
+/// What a running sidecar needs to restore: its project's journal and where
+/// the workspace appears.
+pub struct Target {
+    pub journal: Journal,
+    pub visible: PathBuf,
+    /// One restore at a time: two would interleave their files.
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Target {
+    pub fn new(journal: Journal, visible: PathBuf) -> Self {
+        Self {
+            journal,
+            visible,
+            lock: Default::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("commit {0} is not part of this project's history")]
+    UnknownCommit(CommitId),
+    #[error("{path} did not exist at {at}")]
+    PathNotFound { path: String, at: CommitId },
+    #[error("invalid path {0:?}")]
+    BadPath(String),
+    #[error(transparent)]
+    Flush(#[from] FlushError),
+    #[error(transparent)]
+    Journal(JournalError),
+    #[error("restoring {path}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Restored {
+    pub files_changed: usize,
+    /// The restored state is in the store (`false`: the final flush did
+    /// not finish in time; the files are restored and will be committed).
+    pub durable: bool,
+    /// The commit holding it; `None` when not durable.
+    pub commit: Option<CommitId>,
+}
+
+/// The ops that make `cur` equal `old` at and below `prefix` (`""`: all):
+/// deletions of what did not exist then (deepest first), then the old
+/// nodes that differ (parents first). Modification times are the
+/// restore's, so build tools see the change.
+pub fn restore_ops(cur: &Tree, old: &Tree, prefix: &str) -> Result<Vec<Op>, String> {
+    let now_ns = crate::journal::now_ms() as i64 * 1_000_000;
+    let mut ops = Vec::new();
+    let mut gone: Vec<&String> = cur
+        .iter()
+        .map(|(p, _)| p)
+        .filter(|p| is_within(p, prefix) && old.get(p).is_none())
+        .collect();
+    gone.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
+    for p in gone {
+        ops.push(Op::Delete { path: p.clone() });
+    }
+    for (p, n) in old.iter().filter(|(p, _)| is_within(p, prefix)) {
+        let same = cur
+            .get(p)
+            .is_some_and(|c| c.content == n.content && c.mode == n.mode);
+        if same {
+            continue;
+        }
+        let mut n = n.clone();
+        n.mtime = now_ns;
+        // A file replaced by a directory (or the reverse) goes first.
+        if cur.get(p).is_some_and(|c| c.is_dir() != n.is_dir()) {
+            ops.push(Op::Delete { path: p.clone() });
+        }
+        ops.push(crate::tree::node_op(p, &n).ok_or_else(|| format!("no body for {p}"))?);
+    }
+    Ok(ops)
+}
+
+fn journal_err(e: JournalError, at: CommitId) -> RestoreError {
+    match e {
+        JournalError::NoCommit(_) => RestoreError::UnknownCommit(at),
+        e => RestoreError::Journal(e),
+    }
+}
+
+/// Restores `path` (`""`: everything) of the running workspace `ws` to
+/// commit `at`; returns once the result is durable, or after `wait` (then
+/// not durable yet).
+pub async fn restore(
+    ws: &Arc<Workspace>,
+    target: &Target,
+    at: CommitId,
+    path: &str,
+    wait: Option<std::time::Duration>,
+) -> Result<Restored, RestoreError> {
+    if !path.is_empty() && !valid(path) {
+        return Err(RestoreError::BadPath(path.to_owned()));
+    }
+    let _one = target.lock.lock().await;
+    let (old, _) = target
+        .journal
+        .load_tree(true, Some(at))
+        .await
+        .map_err(|e| journal_err(e, at))?;
+    if !path.is_empty() && old.get(path).is_none() {
+        return Err(RestoreError::PathNotFound {
+            path: path.to_owned(),
+            at,
+        });
+    }
+    // Commit what is on disk now, so the store's head is what the restore
+    // compares against.
+    flush_all(ws).await?;
+    let (cur, head) = target
+        .journal
+        .load_tree(true, None)
+        .await
+        .map_err(RestoreError::Journal)?;
+    let ops = restore_ops(&cur, &old, path)
+        .map_err(|e| RestoreError::Journal(JournalError::Other(format!("reading {at}: {e}"))))?;
+    if ops.is_empty() {
+        return Ok(Restored {
+            files_changed: 0,
+            durable: true,
+            commit: Some(head),
+        });
+    }
+    let visible = target.visible.clone();
+    // The mount is served by this process: its I/O never runs on the
+    // runtime's workers (a FUSE callback may need one).
+    let root = Arc::new(blocking(move || Root::open(&visible), "").await?);
+    for op in &ops {
+        apply(&target.journal, &root, op).await?;
+    }
+    let commit = match wait {
+        Some(w) => tokio::time::timeout(w, flush_all(ws)).await.ok(),
+        None => Some(flush_all(ws).await),
+    }
+    .transpose()?;
+    tracing::info!(%at, path, files = ops.len(), ?commit, "restored");
+    Ok(Restored {
+        files_changed: ops.len(),
+        durable: commit.is_some(),
+        commit,
+    })
+}
+
+async fn flush_all(ws: &Arc<Workspace>) -> Result<CommitId, RestoreError> {
+    if ws.mode() == "watch" {
+        // inotify may not have told us everything yet: look.
+        ws.scan().await;
+    }
+    Ok(ws.flush(None).await?)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+    path: &str,
+) -> Result<T, RestoreError> {
+    let io_err = |source| RestoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io_err(io::Error::other(e)))?
+        .map_err(io_err)
+}
+
+/// One op, applied to the visible workspace.
+async fn apply(journal: &Journal, root: &Arc<Root>, op: &Op) -> Result<(), RestoreError> {
+    let r = root.clone();
+    let p = op.path().to_owned();
+    match op.clone() {
+        Op::Delete { path } => blocking(move || r.remove_all(&path), &p).await,
+        Op::Mkdir { path, mode } => {
+            blocking(
+                move || {
+                    match r.lstat_opt(&path)? {
+                        Some(st) if fsutil::is_dir(&st) => {}
+                        Some(_) => r.remove_all(&path)?,
+                        None => {}
+                    }
+                    r.force_dirs(&path, 0o755)?;
+                    let (parent, name) = split(&path);
+                    nix::sys::stat::fchmodat(
+                        &r.dir(parent)?,
+                        name,
+                        nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777),
+                        nix::sys::stat::FchmodatFlags::FollowSymlink,
+                    )?;
+                    Ok(())
+                },
+                &p,
+            )
+            .await
+        }
+        Op::Symlink { path, target, .. } => {
+            blocking(
+                move || {
+                    let (parent, name) = split(&path);
+                    r.force_dirs(parent, 0o755)?;
+                    let dir = r.dir(parent)?;
+                    let tmp = tmp_name(name);
+                    nix::unistd::symlinkat(target.as_str(), &dir, tmp.as_str())?;
+                    rename_over(&r, parent, &tmp, name)
+                },
+                &p,
+            )
+            .await
+        }
+        Op::Write {
+            path,
+            mode,
+            mtime,
+            inline,
+            chunks,
+            ..
+        } => {
+            let (parent, name) = split(&path);
+            let (parent, name) = (parent.to_owned(), name.to_owned());
+            let tmp = tmp_name(&name);
+            let rel = fsutil::join(&parent, &tmp);
+            let (r2, rel2, parent2) = (r.clone(), rel.clone(), parent.clone());
+            let mut file = blocking(
+                move || {
+                    r2.force_dirs(&parent2, 0o755)?;
+                    r2.open_file(
+                        &rel2,
+                        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW,
+                        0o600,
+                    )
+                },
+                &p,
+            )
+            .await?;
+            let written: Result<(), RestoreError> = async {
+                if let Some(body) = inline {
+                    file = blocking(move || file.write_all(&body).map(|_| file), &p).await?;
+                } else {
+                    for c in chunks {
+                        let body = chunk(journal, &c.hash, c.len).await?;
+                        file = blocking(move || file.write_all(&body).map(|_| file), &p).await?;
+                    }
+                }
+                let r3 = r.clone();
+                blocking(
+                    move || {
+                        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
+                            mode & 0o7777,
+                        ))?;
+                        crate::hydrate::set_mtime(&file, mtime)?;
+                        drop(file);
+                        rename_over(&r3, &parent, &tmp, &name)
+                    },
+                    &p,
+                )
+                .await
+            }
+            .await;
+            if written.is_err() {
+                let _ = blocking(move || r.remove_all(&rel), &p).await;
+            }
+            written
+        }
+        // restore_ops makes neither.
+        Op::SetAttr { .. } | Op::Rename { .. } => Ok(()),
+    }
+}
+
+/// One chunk's bytes, checked; a hole (never stored) is zeros.
+async fn chunk(journal: &Journal, hash: &str, len: u64) -> Result<Vec<u8>, RestoreError> {
+    let key = keys::blob(hash);
+    match journal.store().get(&key).await {
+        Ok(Some(b)) if b.len() as u64 == len && crate::snapshot::hash_hex(&b) == hash => {
+            Ok(b.to_vec())
+        }
+        Ok(None) if hash == crate::hydrate::zero_hash(len) => Ok(vec![0; len as usize]),
+        Ok(found) => Err(RestoreError::Journal(JournalError::Other(format!(
+            "{key} is {}",
+            if found.is_some() {
+                "corrupt"
+            } else {
+                "missing"
+            }
+        )))),
+        Err(e) => Err(RestoreError::Journal(e.into())),
+    }
+}
+
+fn tmp_name(name: &str) -> String {
+    let tmp = format!(".{name}{TMP_MARKER}{:016x}", rand::random::<u64>());
+    if tmp.len() > 255 {
+        format!(".cove{TMP_MARKER}{:016x}", rand::random::<u64>())
+    } else {
+        tmp
+    }
+}
+
+/// Renames `tmp` over `name` in `parent`; a directory in the way (the
+/// user made one since) is removed first.
+fn rename_over(root: &Root, parent: &str, tmp: &str, name: &str) -> io::Result<()> {
+    let dir = root.dir(parent)?;
+    match nix::fcntl::renameat(&dir, tmp, &dir, name) {
+        Err(nix::errno::Errno::EISDIR | nix::errno::Errno::ENOTEMPTY) => {
+            root.remove_all(&fsutil::join(parent, name))?;
+            Ok(nix::fcntl::renameat(&dir, tmp, &dir, name)?)
+        }
+        r => Ok(r?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::Content;
+    use serde_bytes::ByteBuf;
+
+    fn write(path: &str, body: &str) -> Op {
+        Op::Write {
+            path: path.into(),
+            mode: 0o644,
+            mtime: 1,
+            size: body.len() as u64,
+            inline: Some(ByteBuf::from(body.as_bytes().to_vec())),
+            chunks: vec![],
+        }
+    }
+
+    fn tree(ops: &[Op]) -> Tree {
+        let mut t = Tree::new(true);
+        for op in ops {
+            t.apply(op).unwrap();
+        }
+        t
+    }
+
+    #[test]
+    fn restoring_a_directory_makes_it_exactly_what_it_was() {
+        let mkdir = |p: &str| Op::Mkdir {
+            path: p.into(),
+            mode: 0o755,
+        };
+        let old = tree(&[
+            mkdir("src"),
+            write("src/a", "old a"),
+            write("src/b", "b"),
+            write("top", "t"),
+        ]);
+        let cur = tree(&[
+            mkdir("src"),
+            write("src/a", "new a"),
+            write("src/b", "b"),
+            mkdir("src/new"),
+            write("src/new/x", "x"),
+            write("top", "changed"),
+        ]);
+        let ops = restore_ops(&cur, &old, "src").unwrap();
+        let mut after = cur.clone();
+        for op in &ops {
+            after.apply(op).unwrap();
+        }
+        let paths = |t: &Tree, p: &str| -> Vec<(String, Content)> {
+            t.iter()
+                .filter(|(k, _)| is_within(k, p))
+                .map(|(k, n)| (k.clone(), n.content.clone()))
+                .collect()
+        };
+        assert_eq!(paths(&after, "src"), paths(&old, "src"));
+        // Outside the path nothing moves; unchanged files are not rewritten.
+        assert_eq!(after.get("top"), cur.get("top"));
+        assert!(!ops.iter().any(|o| o.path() == "src/b"), "{ops:?}");
+        assert!(restore_ops(&after, &old, "src").unwrap().is_empty());
+    }
+}
