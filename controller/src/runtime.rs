@@ -243,6 +243,9 @@ impl LocalRuntime {
             .arg(&cache)
             .args(["--mode", &self.cfg.mode])
             .args(["--api", &format!("127.0.0.1:{api}")])
+            // A clean stop lets the next start keep this cache (warm start).
+            .arg("--state-file")
+            .arg(dir.join("sidecar.state"))
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true);
         if let Some(e) = spec.epoch {

@@ -27,6 +27,8 @@ pub struct Progress {
     pub done: AtomicU64,
     pub bytes: AtomicU64,
     pub finished: AtomicBool,
+    /// The cache was adopted as a clean stop left it: nothing was fetched.
+    pub warm: AtomicBool,
     /// Files whose content could not be restored (a chunk missing or
     /// corrupt in the store), with the reason. They keep their size, with
     /// zeros where data is missing, and are not committed unless edited.
@@ -39,6 +41,7 @@ pub struct ProgressView {
     pub done: u64,
     pub bytes: u64,
     pub finished: bool,
+    pub warm: bool,
     pub damaged: Vec<String>,
 }
 
@@ -49,6 +52,7 @@ impl Progress {
             done: self.done.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             finished: self.finished.load(Ordering::Relaxed),
+            warm: self.warm.load(Ordering::Relaxed),
             damaged: self.damaged.lock().clone(),
         }
     }
@@ -387,4 +391,144 @@ async fn fill_chunks(
     })
     .await
     .map_err(jerr)?
+}
+
+/// What a sidecar leaves after a clean stop, for the next start on the same
+/// cache (`--state-file`): the cache then holds exactly the tree at `head`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CleanStop {
+    pub project: String,
+    pub head: CommitId,
+    /// The directory the state describes (the cache, or the watched
+    /// workspace), canonical.
+    pub dir: std::path::PathBuf,
+}
+
+impl CleanStop {
+    /// Writes `self` to `file` atomically (temp, fsync, rename, fsync dir).
+    pub fn save(&self, file: &std::path::Path) -> io::Result<()> {
+        let tmp = file.with_extension("tmp");
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec(self).map_err(io::Error::other)?)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, file)?;
+        sync_parent(file)
+    }
+
+    /// Reads and **removes** the state in `file`: from here on the cache may
+    /// change, so the state must not survive this run (a crash would
+    /// otherwise leave a claim the cache no longer meets). `None` if there
+    /// is none, it is unreadable, or it cannot be removed.
+    pub fn take(file: &std::path::Path) -> Option<CleanStop> {
+        let bytes = match std::fs::read(file) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "cannot read the clean-stop state");
+                return None;
+            }
+        };
+        if let Err(e) = std::fs::remove_file(file).and_then(|_| sync_parent(file)) {
+            tracing::warn!(file = %file.display(), error = %e, "cannot remove the clean-stop state; not using it");
+            return None;
+        }
+        match serde_json::from_slice(&bytes) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "ignoring a malformed clean-stop state");
+                None
+            }
+        }
+    }
+}
+
+fn sync_parent(file: &std::path::Path) -> io::Result<()> {
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Warm start: if the cache under `root` is exactly the tree at `head`
+/// (every entry's kind, size, mode, mtime and link target; nothing more,
+/// nothing less), returns that tree and skips the download. Anything else
+/// — a file touched while stopped, a leftover, a missing entry — returns
+/// `None` with the reason logged, and the caller hydrates cold.
+pub async fn adopt(
+    journal: &Journal,
+    root: Arc<Root>,
+    head: CommitId,
+    progress: Arc<Progress>,
+) -> JResult<Option<Tree>> {
+    let (index, _) = journal.load_tree(false, Some(head)).await?;
+    let n = index.len() as u64;
+    let (index, verdict) = tokio::task::spawn_blocking(move || {
+        let v = cache_matches(&root, &index);
+        (index, v)
+    })
+    .await
+    .map_err(jerr)?;
+    match verdict {
+        Ok(()) => {
+            progress.total.store(n, Ordering::Relaxed);
+            progress.done.store(n, Ordering::Relaxed);
+            progress.warm.store(true, Ordering::Relaxed);
+            progress.finished.store(true, Ordering::Relaxed);
+            Ok(Some(index))
+        }
+        Err(why) => {
+            tracing::info!(%why, "the cache is not the stopped state: hydrating from the store");
+            Ok(None)
+        }
+    }
+}
+
+/// Compares the directory under `root` with `index`, entry by entry.
+fn cache_matches(root: &Root, index: &Tree) -> Result<(), String> {
+    let mut seen = 0usize;
+    let mut stack = vec![String::new()];
+    while let Some(dir) = stack.pop() {
+        let names = root
+            .list(&dir)
+            .map_err(|e| format!("listing {dir:?}: {e}"))?;
+        for name in names {
+            let p = crate::fsutil::join(&dir, &name);
+            let st = root.lstat(&p).map_err(|e| format!("{p}: {e}"))?;
+            let node = index
+                .get(&p)
+                .ok_or_else(|| format!("{p} is not in the stored tree"))?;
+            seen += 1;
+            let mode_ok = st.st_mode & 0o7777 == node.mode & 0o7777;
+            let ok = match &node.content {
+                Content::Dir => {
+                    stack.push(p.clone());
+                    fsutil::is_dir(&st) && mode_ok
+                }
+                Content::Symlink(t) => {
+                    fsutil::is_symlink(&st)
+                        && root.readlink(&p).ok().as_deref() == Some(std::ffi::OsStr::new(t))
+                }
+                Content::Inline { .. } | Content::Chunks(_) => {
+                    fsutil::is_file(&st)
+                        && mode_ok
+                        && st.st_size as u64 == node.size
+                        && fsutil::mtime_ns(&st) == node.mtime
+                }
+            };
+            if !ok {
+                return Err(format!("{p} differs from the stored tree"));
+            }
+        }
+    }
+    if seen != index.len() {
+        return Err(format!(
+            "{} of the stored tree's {} entries are missing",
+            index.len() - seen,
+            index.len()
+        ));
+    }
+    Ok(())
 }

@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use cove_sync::format::{keys, CommitId};
 use cove_sync::fsutil::Root;
-use cove_sync::hydrate::{self, Owner, Progress};
+use cove_sync::hydrate::{self, CleanStop, Owner, Progress};
 use cove_sync::journal::Journal;
 use cove_sync::snapshot;
 use cove_sync::store::{self, DynStore};
@@ -74,6 +74,11 @@ enum Cmd {
         /// Commit quiet period, milliseconds.
         #[arg(long, default_value_t = 200)]
         debounce_ms: u64,
+        /// Where a clean stop records the state it left the cache in, so the
+        /// next start on the same cache skips hydration when nothing changed
+        /// (operations.md). Without it every start hydrates from the store.
+        #[arg(long)]
+        state_file: Option<PathBuf>,
     },
     /// Create a project: empty, from a directory, a template or another project.
     Create {
@@ -164,6 +169,7 @@ async fn main() -> Result<()> {
             create,
             fuse_threads,
             debounce_ms,
+            state_file,
         } => {
             check_id("project", &project)?;
             let owner = owner.map(|o| parse_owner(&o)).transpose()?;
@@ -188,6 +194,7 @@ async fn main() -> Result<()> {
                 owner,
                 create,
                 cfg,
+                state_file.as_deref(),
             )
             .await
         }
@@ -341,6 +348,7 @@ async fn serve(
     owner: Option<Owner>,
     create: bool,
     cfg: workspace::Config,
+    state_file: Option<&Path>,
 ) -> Result<()> {
     // Install the handlers before anything else: a SIGTERM that arrives
     // while hydrating, or right after "ready", must still mean "flush and
@@ -373,13 +381,19 @@ async fn serve(
         workspace_dir.to_path_buf()
     };
     let root = Root::open(&tree_dir).with_context(|| format!("opening {}", tree_dir.display()))?;
+    let tree_dir = std::fs::canonicalize(&tree_dir)?;
+    // Taken (and removed) before anything can change the cache.
+    let warm = state_file
+        .and_then(CleanStop::take)
+        .filter(|s| s.project == project && s.dir == tree_dir)
+        .map(|s| s.head);
     let ws = Workspace::new(root, if fuse_mode { "fuse" } else { "watch" }, project, cfg);
     let target = cove_sync::restore::Target::new(journal.clone(), workspace_dir.to_path_buf());
     let api_task = api::serve(ws.clone(), Some(Arc::new(target)), api_addr)
         .await
         .with_context(|| format!("binding the control API on {api_addr}"))?;
     let committer = ws
-        .start(journal, epoch, owner)
+        .start(journal, epoch, owner, warm)
         .await
         .context("starting the workspace")?;
     let rt = tokio::runtime::Handle::current();
@@ -416,6 +430,16 @@ async fn serve(
     match (first, last) {
         (_, Ok(c)) => {
             tracing::info!(commit = %c, "all changes are in the store");
+            if let Some(f) = state_file {
+                let clean = CleanStop {
+                    project: project.to_owned(),
+                    head: c,
+                    dir: tree_dir.clone(),
+                };
+                if let Err(e) = clean.save(f) {
+                    tracing::warn!(file = %f.display(), error = %e, "cannot record the clean stop; the next start hydrates in full");
+                }
+            }
             Ok(())
         }
         (_, Err(e)) => bail!("final flush failed: {e}"),

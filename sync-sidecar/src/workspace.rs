@@ -244,19 +244,38 @@ impl Workspace {
         journal: Journal,
         epoch: Option<u64>,
         owner: Option<Owner>,
+        warm: Option<CommitId>,
     ) -> Result<tokio::task::JoinHandle<()>, JournalError> {
         let t0 = Instant::now();
         self.health.lock().url = journal.store().describe();
         let (writer, chain) = Writer::open(journal.clone(), epoch).await?;
         self.epoch.store(writer.epoch(), Ordering::Relaxed);
-        let (index, head) = hydrate::hydrate(
-            &journal,
-            &chain,
-            self.root.clone(),
-            owner,
-            self.progress.clone(),
-        )
-        .await?;
+        // `warm`: the head a clean stop left this cache at. If the store is
+        // still there and the cache checks out, there is nothing to fetch.
+        let adopted = match warm {
+            Some(h) if h == chain.head() => {
+                hydrate::adopt(&journal, self.root.clone(), h, self.progress.clone()).await?
+            }
+            Some(h) => {
+                tracing::info!(stopped_at = %h, head = %chain.head(), "the project changed since the clean stop: hydrating");
+                None
+            }
+            None => None,
+        };
+        let how = if adopted.is_some() { "warm" } else { "cold" };
+        let (index, head) = match adopted {
+            Some(index) => (index, chain.head()),
+            None => {
+                hydrate::hydrate(
+                    &journal,
+                    &chain,
+                    self.root.clone(),
+                    owner,
+                    self.progress.clone(),
+                )
+                .await?
+            }
+        };
         let blobs = BlobSink::new(journal.store().clone(), tokio::runtime::Handle::current());
         blobs.learn(&index);
         *self.blobs.lock() = Some(blobs);
@@ -277,6 +296,7 @@ impl Workspace {
             head = %head,
             files = self.state.lock().index.len(),
             ms = t0.elapsed().as_millis() as u64,
+            start = how,
             "hydrated"
         );
         let me = self.clone();

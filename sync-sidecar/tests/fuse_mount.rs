@@ -700,3 +700,89 @@ fn a_running_workspace_restores_through_its_mount() {
 fn a_watched_workspace_restores_too() {
     restore_running("watch");
 }
+
+fn hydration(sc: &Sidecar) -> serde_json::Value {
+    let (code, body) = sc.get("/status");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["hydration"].clone()
+}
+
+/// A clean stop lets the next start on the same cache skip hydration; a
+/// cache touched while stopped, a crash, or a project that moved on since
+/// all hydrate from the store, which stays the truth.
+fn warm_restarts(mode: &'static str) {
+    let (store, _g) = stores().remove(0);
+    let project = format!("warm-{mode}");
+    let sc = Sidecar::start(&store, &project, mode, &[]);
+    assert_eq!(hydration(&sc)["warm"], false);
+    fs::create_dir_all(sc.path("src/deep")).unwrap();
+    fs::write(sc.path("src/deep/a.rs"), "fn a() {}").unwrap();
+    fs::write(sc.path("big.bin"), vec![7u8; 200_000]).unwrap();
+    std::os::unix::fs::symlink("src/deep/a.rs", sc.path("link")).unwrap();
+    fs::set_permissions(sc.path("src/deep/a.rs"), fs::Permissions::from_mode(0o755)).unwrap();
+    let before = snapshot(&sc.mount);
+    let dir = sc.stop_keeping_dir();
+
+    // Clean stop, nothing changed: warm, and the same files.
+    let sc = Sidecar::start_in(dir, &store, &project, mode, &[]);
+    let h = hydration(&sc);
+    assert_eq!(
+        (h["warm"].as_bool(), h["finished"].as_bool()),
+        (Some(true), Some(true)),
+        "{h}"
+    );
+    assert_same(
+        &format!("{mode}: warm start"),
+        &snapshot(&sc.mount),
+        &before,
+    );
+    let dir = sc.stop_keeping_dir();
+
+    // The cache changed while stopped: the store wins, cold.
+    let cached = |rel: &str| {
+        if mode == "fuse" {
+            dir.path().join("cache").join(rel)
+        } else {
+            dir.path().join("workspace").join(rel)
+        }
+    };
+    fs::write(cached("src/deep/a.rs"), "tampered").unwrap();
+    fs::write(cached("stray.txt"), "never saved").unwrap();
+    let sc = Sidecar::start_in(dir, &store, &project, mode, &[]);
+    assert_eq!(hydration(&sc)["warm"], false);
+    assert_same(
+        &format!("{mode}: after tampering"),
+        &snapshot(&sc.mount),
+        &before,
+    );
+
+    // A crash leaves no clean state behind: cold.
+    let dir = sc.kill_keeping_dir();
+    let sc = Sidecar::start_in(dir, &store, &project, mode, &[]);
+    assert_eq!(hydration(&sc)["warm"], false);
+    let dir = sc.stop_keeping_dir();
+
+    // Another writer moved the project on: cold, with its change.
+    let other = Sidecar::start(&store, &project, mode, &[]);
+    fs::write(other.path("from-elsewhere.txt"), "hi").unwrap();
+    other.terminate();
+    let sc = Sidecar::start_in(dir, &store, &project, mode, &[]);
+    assert_eq!(hydration(&sc)["warm"], false);
+    assert_eq!(
+        fs::read_to_string(sc.path("from-elsewhere.txt")).unwrap(),
+        "hi"
+    );
+    sc.terminate();
+}
+
+#[test]
+fn a_clean_stop_allows_a_warm_start_over_fuse() {
+    if fuse_available() {
+        warm_restarts("fuse");
+    }
+}
+
+#[test]
+fn a_clean_stop_allows_a_warm_start_when_watched() {
+    warm_restarts("watch");
+}

@@ -46,7 +46,7 @@ async fn open(store: &DynStore, project: &str) -> Ws {
     let dir = tempfile::tempdir().unwrap();
     let ws = Workspace::new(Root::open(dir.path()).unwrap(), "test", project, cfg());
     let j = Journal::new(store.clone(), keys::project_root(project));
-    let task = ws.start(j, None, None).await.unwrap();
+    let task = ws.start(j, None, None, None).await.unwrap();
     Ws {
         ws,
         dir,

@@ -58,7 +58,9 @@ pub struct Sidecar {
     pub cache: PathBuf,
     pub api: String,
     pub mode: &'static str,
-    _dir: tempfile::TempDir,
+    /// Holds the mount, the cache and `sidecar.state`; `None` once handed
+    /// back by [`Sidecar::stop_keeping_dir`].
+    dir: Option<tempfile::TempDir>,
 }
 
 pub fn cmd(store: &Store) -> Command {
@@ -74,7 +76,18 @@ pub fn cmd(store: &Store) -> Command {
 impl Sidecar {
     /// Start serving `project` (created if missing) and wait until ready.
     pub fn start(store: &Store, project: &str, mode: &'static str, extra: &[&str]) -> Sidecar {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), store, project, mode, extra)
+    }
+
+    /// Start in `dir` (its `workspace/` and `cache/`, maybe left by an
+    /// earlier run), with `--state-file dir/sidecar.state`.
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        store: &Store,
+        project: &str,
+        mode: &'static str,
+        extra: &[&str],
+    ) -> Sidecar {
         let mount = dir.path().join("workspace");
         let cache = dir.path().join("cache");
         let api = format!("127.0.0.1:{}", free_port());
@@ -94,6 +107,8 @@ impl Sidecar {
         .arg("--cache")
         .arg(&cache)
         .args(["--api", &api])
+        .arg("--state-file")
+        .arg(dir.path().join("sidecar.state"))
         .args(extra)
         .stdout(Stdio::piped());
         if std::env::var("COVE_TEST_LOG").is_err() {
@@ -120,7 +135,7 @@ impl Sidecar {
             cache,
             api,
             mode,
-            _dir: dir,
+            dir: Some(dir),
         }
     }
 
@@ -145,6 +160,20 @@ impl Sidecar {
         .unwrap();
         let st = self.child.wait().unwrap();
         assert!(st.success(), "cove-sync exited with {st:?}");
+    }
+
+    /// Graceful stop, handing back the directory for a restart in it.
+    pub fn stop_keeping_dir(mut self) -> tempfile::TempDir {
+        let dir = self.dir.take().unwrap();
+        self.terminate();
+        dir
+    }
+
+    /// Crash, handing back the directory for a restart in it.
+    pub fn kill_keeping_dir(mut self) -> tempfile::TempDir {
+        let dir = self.dir.take().unwrap();
+        self.kill();
+        dir
     }
 
     /// Crash: SIGKILL, then detach the dead mount as the next start would.
