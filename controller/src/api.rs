@@ -25,11 +25,31 @@ pub struct Controller {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Stop a workspace after this long without activity (`None`: never).
     pub idle_timeout: Option<Duration>,
+    /// Per project, the turn that changing requests take one after the
+    /// other (api.md §1); tokio's mutex queues waiters in arrival order.
+    pub turns: parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 pub type Shared = Arc<Controller>;
 
 impl Controller {
+    /// Waits for `id`'s turn: rename, delete, fork (of it), start, stop and
+    /// restore of one project run one at a time, in arrival order. Reads
+    /// never wait.
+    pub async fn turn(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = self.turns.lock().entry(id.to_string()).or_default().clone();
+        m.lock_owned().await
+    }
+
+    /// Stops `id`'s workspace, in its turn.
+    pub async fn stop(&self, id: &str, reason: Option<String>) -> ApiResult<Status> {
+        let _turn = self.turn(id).await;
+        self.runtime
+            .stop(id, reason)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "workspace_failed", e.to_string()))
+    }
+
     fn port_suffix(&self) -> String {
         self.host
             .rsplit_once(':')
@@ -73,6 +93,7 @@ impl Controller {
 
     async fn start(&self, id: &str) -> ApiResult<Status> {
         self.projects.get(id).await?;
+        let _turn = self.turn(id).await;
         let st = self.runtime.status(id);
         if matches!(st.state, State::Starting | State::Ready) {
             return Ok(st);
@@ -214,6 +235,7 @@ async fn patch_project(
 ) -> ApiResult<Json<Value>> {
     let v = parse_body(req).await?;
     only_fields(&v, &["name"])?;
+    let _turn = c.turn(&id).await;
     let p = c.projects.rename(&id, string_field(&v, "name")?).await?;
     Ok(Json(c.project_json(&p)))
 }
@@ -223,8 +245,10 @@ async fn delete_project(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     c.projects.get(&id).await?;
+    let _turn = c.turn(&id).await;
     let _ = c.runtime.stop(&id, Some("project deleted".into())).await;
     c.projects.delete(&id).await?;
+    c.turns.lock().remove(&id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -241,14 +265,12 @@ async fn fork_project(
         _ => return Err(ApiError::bad_request("name", "`name` must be a string")),
     };
     let src = c.projects.get(&id).await?;
-    // A running source is flushed first so the fork has what was saved.
-    let st = c.runtime.status(&id);
-    if matches!(st.state, State::Starting | State::Ready) {
-        if let Some(_admin) = st.admin_port {
-            // The sidecar commits within about a second of a change; the
-            // fork copies the last checkpoint and tail.
-            tokio::time::sleep(Duration::from_millis(1200)).await;
-        }
+    // In the source's turn: a stop that came first has finished (its final
+    // flush included), and no start or restore runs meanwhile.
+    let _turn = c.turn(&id).await;
+    if c.runtime.status(&id).state == State::Ready {
+        // Everything saved before this request goes into the fork.
+        flush_running(&c, &id).await?;
     }
     let p = c.projects.fork(&src, name).await?;
     Ok((StatusCode::CREATED, Json(c.project_json(&p))).into_response())
@@ -270,15 +292,44 @@ async fn workspace_start(
     Ok(Json(c.workspace_json(&id, &st, true)))
 }
 
+/// How long a flush of a running workspace may take (api.md §5.2).
+const FLUSH_WAIT: Duration = Duration::from_secs(30);
+
+/// Flushes a running workspace: everything in the store, or an error.
+async fn flush_running(c: &Controller, id: &str) -> ApiResult<()> {
+    let (status, v) = c
+        .runtime
+        .sidecar_post(id, "/flush", json!({}), FLUSH_WAIT)
+        .await
+        .map_err(|e| {
+            ApiError::store(format!(
+                "the workspace did not flush within {FLUSH_WAIT:?}: {e}"
+            ))
+        })?;
+    match status {
+        200 => Ok(()),
+        409 => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "workspace_failed",
+            format!(
+                "the workspace's flush was refused: {}",
+                v["error"]["message"]
+            ),
+        )
+        .with(json!({"reason": v["error"]["message"]}))),
+        _ => Err(ApiError::store(format!(
+            "the workspace's flush failed: {}",
+            v["error"]["message"]
+        ))),
+    }
+}
+
 async fn workspace_stop(
     AxState(c): AxState<Shared>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     c.projects.get(&id).await?;
-    let st =
-        c.runtime.stop(&id, None).await.map_err(|e| {
-            ApiError::new(StatusCode::BAD_GATEWAY, "workspace_failed", e.to_string())
-        })?;
+    let st = c.stop(&id, None).await?;
     Ok(Json(c.workspace_json(&id, &st, false)))
 }
 
@@ -395,6 +446,7 @@ async fn restore(
     c.projects.get(&id).await?;
     let at = commit_param(&commit)?;
     crate::history::check_path(path, true)?;
+    let _turn = c.turn(&id).await;
     match c.runtime.status(&id).state {
         // The sidecar holds the project: it restores, through the files.
         State::Ready => restore_running(&c, &id, at, path).await,
@@ -432,7 +484,7 @@ async fn restore_running(
     // The first flush and the writes come before the bounded final flush.
     let (status, v) = c
         .runtime
-        .restore(id, body, RESTORE_FLUSH_WAIT * 2)
+        .sidecar_post(id, "/restore", body, RESTORE_FLUSH_WAIT * 2)
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "workspace_failed", e.to_string()))?;
     if status == 200 {
@@ -491,6 +543,22 @@ pub fn api_router(c: Shared) -> Router {
         .with_state(c)
 }
 
+/// The request's id (api.md §1): the client's `X-Request-Id` if it is a
+/// short token (so a proxy's id carries through), else a new random one.
+fn request_id(req: &Request) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()))
+}
+
 /// Counts and times every API request by its route pattern.
 async fn observe(
     AxState(c): AxState<Shared>,
@@ -503,6 +571,8 @@ async fn observe(
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let t = std::time::Instant::now();
+    let rid = request_id(&req);
+    let span = tracing::info_span!("request", id = %rid, method = %req.method(), %route);
     // §7: a browser request from another origin (an app in a preview, any
     // web page) never reaches the API, whatever its method.
     let origin = req
@@ -517,8 +587,15 @@ async fn observe(
         )
         .with(json!({ "origin": o }))
         .into_response(),
-        _ => next.run(req).await,
+        _ => tracing::Instrument::instrument(next.run(req), span.clone()).await,
     };
+    let mut resp = resp;
+    if let Ok(v) = header::HeaderValue::from_str(&rid) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    if resp.status().is_server_error() {
+        span.in_scope(|| tracing::warn!(status = resp.status().as_u16(), "request failed"));
+    }
     c.metrics
         .api_requests
         .get_or_create(&crate::metrics::RouteLabel {
@@ -580,7 +657,7 @@ pub async fn idle_loop(c: Shared) {
                 let reason = format!("idle for {} s", limit.as_secs());
                 tracing::info!(project = %p, %reason, "stopping an idle workspace");
                 c.metrics.idle_stops.inc();
-                let _ = c.runtime.stop(&p, Some(reason)).await;
+                let _ = c.stop(&p, Some(reason)).await;
             }
         }
     }

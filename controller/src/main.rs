@@ -140,6 +140,7 @@ async fn main() -> Result<()> {
         metrics,
         idle_timeout: (a.idle_timeout_secs > 0)
             .then(|| std::time::Duration::from_secs(a.idle_timeout_secs)),
+        turns: Default::default(),
     });
     tokio::spawn(api::idle_loop(c.clone()));
     let api_router = api::api_router(c.clone());

@@ -84,13 +84,14 @@ pub trait Runtime: Send + Sync {
     fn running(&self) -> Vec<String>;
     /// cove-pty's `/activity` of a running workspace (protocol.md §17).
     async fn activity(&self, project: &str) -> Option<serde_json::Value>;
-    /// Sends `body` to the running workspace sidecar's `POST /restore`
-    /// (sync-api.md) and returns its status and JSON answer. Only the
-    /// runtime knows how to reach the sidecar (loopback here, the pod in a
-    /// cluster).
-    async fn restore(
+    /// `POST path` with a JSON `body` to the control API of the running
+    /// workspace's sidecar (sync-api.md: `/flush`, `/restore`); returns the
+    /// status and JSON answer. Only the runtime knows how to reach the
+    /// sidecar (loopback here, the pod in a cluster).
+    async fn sidecar_post(
         &self,
         project: &str,
+        path: &str,
         body: serde_json::Value,
         timeout: Duration,
     ) -> Result<(u16, serde_json::Value), RuntimeError>;
@@ -571,9 +572,10 @@ impl Runtime for Arc<LocalRuntime> {
             .ok()
     }
 
-    async fn restore(
+    async fn sidecar_post(
         &self,
         project: &str,
+        path: &str,
         body: serde_json::Value,
         timeout: Duration,
     ) -> Result<(u16, serde_json::Value), RuntimeError> {
@@ -585,17 +587,17 @@ impl Runtime for Arc<LocalRuntime> {
             .and_then(|r| r.status.sidecar_port)
             .ok_or_else(|| RuntimeError::Failed("the workspace is not running".into()))?;
         let r = reqwest::Client::new()
-            .post(format!("http://127.0.0.1:{port}/restore"))
+            .post(format!("http://127.0.0.1:{port}{path}"))
             .json(&body)
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| RuntimeError::Failed(format!("the sidecar's restore: {e}")))?;
+            .map_err(|e| RuntimeError::Failed(format!("the sidecar's {path}: {e}")))?;
         let status = r.status().as_u16();
         let v = r
             .json()
             .await
-            .map_err(|e| RuntimeError::Failed(format!("the sidecar's restore answer: {e}")))?;
+            .map_err(|e| RuntimeError::Failed(format!("the sidecar's {path} answer: {e}")))?;
         Ok((status, v))
     }
 

@@ -191,6 +191,14 @@ async fn call(c: &Controller, method: &str, path: &str, body: Option<&str>) -> (
     }
     let r = req.send().await.unwrap();
     let status = r.status().as_u16();
+    let rid = r
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_string());
+    assert!(
+        rid.is_some_and(|v| !v.is_empty()),
+        "{method} {path}: no X-Request-Id"
+    );
     let text = r.text().await.unwrap();
     let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
     conforms(method, path, status, &v);
@@ -369,6 +377,18 @@ async fn round_trip(c: Controller) {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200, "same origin");
+    // A caller's request id carries through; a malformed one is replaced.
+    for (sent, kept) in [("trace-42.a_b", true), ("bad id", false)] {
+        let r = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}/api/templates", c.port))
+            .header("host", format!("localhost:{}", c.port))
+            .header("x-request-id", sent)
+            .send()
+            .await
+            .unwrap();
+        let got = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        assert_eq!(got == sent, kept, "{sent:?} -> {got:?}");
+    }
 
     let (s, p) = call(
         &c,
@@ -645,9 +665,22 @@ async fn round_trip(c: Controller) {
     let mut ws = start_and_connect(&c, &id).await;
     let r = request(&mut ws, 2, json!({"type":"fs.read","path":"notes.txt"})).await;
     assert_eq!(r["result"]["content"], "saved\n", "restored: {r}");
+    // A file a terminal just wrote, not flushed by anyone yet...
+    let r = request(&mut ws, 3, json!({"type":"term.create","cols":80,"rows":24,"attach":false,"command":["sh","-c","echo fresh > fresh.txt"]})).await;
+    assert!(r["result"]["terminal"]["id"].is_u64(), "{r}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in 4.. {
+        let r = request(&mut ws, n, json!({"type":"fs.read","path":"fresh.txt"})).await;
+        if r["result"]["content"] == "fresh\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(ws);
 
-    // History lists the commits; fork copies; delete removes.
+    // History lists the commits; fork copies (a running source is flushed
+    // first, so the fork has the terminal's file); delete removes.
     let (_, h) = call(&c, "GET", &format!("/api/projects/{id}/history"), None).await;
     assert!(!h["commits"].as_array().unwrap().is_empty(), "{h}");
     let (s, f) = call(
@@ -660,6 +693,14 @@ async fn round_trip(c: Controller) {
     assert_eq!(s, 201, "{f}");
     assert_eq!(f["forked_from"], id.as_str());
     let fid = f["id"].as_str().unwrap();
+    let (s, fv) = call(
+        &c,
+        "GET",
+        &format!("/api/projects/{fid}/history/1.0/file?path=fresh.txt"),
+        None,
+    )
+    .await;
+    assert_eq!((s, fv["content"].as_str()), (200, Some("fresh\n")), "{fv}");
     assert_eq!(
         call(&c, "DELETE", &format!("/api/projects/{fid}"), None)
             .await
