@@ -79,6 +79,10 @@ enum Cmd {
         /// (operations.md). Without it every start hydrates from the store.
         #[arg(long)]
         state_file: Option<PathBuf>,
+        /// Write a checkpoint after this many commits (tests and the chaos
+        /// harness use small values to exercise checkpoints).
+        #[arg(long, default_value_t = 256)]
+        checkpoint_every: u64,
     },
     /// Create a project: empty, from a directory, a template or another project.
     Create {
@@ -170,11 +174,13 @@ async fn main() -> Result<()> {
             fuse_threads,
             debounce_ms,
             state_file,
+            checkpoint_every,
         } => {
             check_id("project", &project)?;
             let owner = owner.map(|o| parse_owner(&o)).transpose()?;
             let cfg = workspace::Config {
                 debounce: std::time::Duration::from_millis(debounce_ms),
+                checkpoint_every: checkpoint_every.max(1),
                 ..Default::default()
             };
             let fcfg = fuse::FuseConfig {
