@@ -4,7 +4,8 @@
 set -euo pipefail
 
 GARAGE_VERSION=2.5.0
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config rclone s3fs vim-nox bsdutils procps)
+# git, tar and a font (the chaos report's plot) for the chaos harness
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config rclone s3fs vim-nox bsdutils procps git tar fonts-dejavu-core)
 export PATH="$HOME/.cargo/bin:$PATH"
 
 step() { printf '[install-deps] %s\n' "$*"; }

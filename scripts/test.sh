@@ -14,6 +14,8 @@ step() { printf '\n==> [test] %s\n' "$*"; }
 run_extra_suites() {
   step "pjdfstest (POSIX suite) on a Cove FUSE mount"
   bash scripts/pjdfstest.sh
+  step "chaos, CI profile: 100 kill cycles with store faults (docs/durability.md)"
+  bash scripts/chaos.sh --profile ci --out target/chaos
 }
 
 step "installing dependencies"

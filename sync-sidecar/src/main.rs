@@ -331,14 +331,63 @@ fn fuse_usable() -> bool {
         && nix::unistd::geteuid().is_root()
 }
 
-/// A mount left by a killed sidecar answers ENOTCONN; detach it.
+/// A FUSE mount left at `path` by a killed sidecar: detach it. Looked up
+/// in /proc/self/mountinfo, not by `stat`: the kernel answers `stat` of a
+/// dead mount from its attribute cache for up to a second, so a restart
+/// right after a crash would mount on top of it and fail with ENOTCONN.
 fn clear_stale_mount(path: &Path) {
-    if let Err(e) = std::fs::metadata(path) {
-        if e.raw_os_error() == Some(libc::ENOTCONN) {
-            tracing::warn!(path = %path.display(), "detaching a stale FUSE mount");
-            let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+    let full = match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            match std::fs::canonicalize(parent) {
+                Ok(p) => p.join(name),
+                Err(_) => return,
+            }
+        }
+        _ => return,
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    for line in info.lines() {
+        // Field 5 is the mount point (octal escapes for space, tab, \n,
+        // backslash); the filesystem type follows the " - " separator.
+        let f: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = f.iter().position(|x| *x == "-") else {
+            continue;
+        };
+        let (Some(mp), Some(fstype)) = (f.get(4), f.get(sep + 1)) else {
+            continue;
+        };
+        if fstype.starts_with("fuse") && Path::new(&unescape_mount(mp)) == full {
+            tracing::warn!(path = %full.display(), "detaching a stale FUSE mount");
+            let _ = nix::mount::umount2(&full, nix::mount::MntFlags::MNT_DETACH);
         }
     }
+}
+
+/// Undo the octal escapes of /proc/self/mountinfo (`\040` is a space).
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -1,0 +1,137 @@
+//! `cove-chaos run`: the harness (docs/durability.md). `cove-chaos worker`:
+//! the workload it starts inside each workspace's terminal.
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Kills Cove workspaces mid-work and checks that no acknowledged write is lost"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run kill cycles and write the report.
+    Run {
+        /// `ci` (100 cycles, in the test command) or `release` (10,000).
+        #[arg(long, default_value = "ci")]
+        profile: String,
+        /// Override the profile's number of cycles.
+        #[arg(long)]
+        cycles: Option<u64>,
+        /// Seed of every random choice (default: from the clock; printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where the report, plot, manifest and logs go.
+        #[arg(long, default_value = "target/chaos")]
+        out: PathBuf,
+        /// Where cove-sync and cove-pty are (default: next to this binary).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Length of the long store outage, seconds.
+        #[arg(long, default_value_t = 20)]
+        outage_secs: u64,
+    },
+    /// The workload inside a workspace (started by `run`).
+    Worker {
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        manifest: PathBuf,
+        #[arg(long)]
+        seed: u64,
+        #[arg(long)]
+        cycle: u64,
+        #[arg(long)]
+        tar: Option<PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        tar_files: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("cove-chaos: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> Result<bool> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Worker {
+            root,
+            manifest,
+            seed,
+            cycle,
+            tar,
+            tar_files,
+        } => {
+            let tar = tar.map(|t| (t, tar_files));
+            cove_chaos::worker::Worker::new(root, &manifest, seed, cycle, tar)?.run()
+        }
+        Cmd::Run {
+            profile,
+            cycles,
+            seed,
+            out,
+            bin_dir,
+            outage_secs,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "cove_chaos=info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .init();
+            let default_cycles = match profile.as_str() {
+                "ci" => 100,
+                "release" => 10_000,
+                p => bail!("unknown profile {p:?}: ci or release"),
+            };
+            let seed = seed.unwrap_or_else(cove_chaos::manifest::now_ms);
+            let bin_dir = match bin_dir {
+                Some(d) => d,
+                None => std::env::current_exe()?
+                    .parent()
+                    .map(PathBuf::from)
+                    .unwrap_or_default(),
+            };
+            for b in ["cove-sync", "cove-pty"] {
+                if !bin_dir.join(b).exists() {
+                    bail!(
+                        "{} not found: build it or pass --bin-dir",
+                        bin_dir.join(b).display()
+                    );
+                }
+            }
+            eprintln!(
+                "cove-chaos: profile {profile}, seed {seed}, report in {}",
+                out.display()
+            );
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(cove_chaos::run::run(cove_chaos::run::Config {
+                profile,
+                cycles: cycles.unwrap_or(default_cycles),
+                seed,
+                out,
+                bin_dir,
+                outage: std::time::Duration::from_secs(outage_secs),
+                tar_files: 2000,
+            }))
+        }
+    }
+}
