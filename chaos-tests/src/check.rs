@@ -97,22 +97,28 @@ fn check_file(
         Op::Delete => State::Absent,
         _ => State::Version(r.version),
     };
-    let acked = rs.iter().rposition(|r| r.phase == Phase::Done && r.sync);
+    // Versions only grow per path, so "later" is by version, not by the
+    // order of the records (a late `fs.durable` comes after newer saves).
+    let acked = rs
+        .iter()
+        .filter(|r| r.phase == Phase::Done && r.sync)
+        .max_by_key(|r| r.version)
+        .copied();
     let mut allowed: Vec<State> = Vec::new();
-    let from = match acked {
+    let floor = match acked {
         Some(a) => {
             out.acked += 1;
-            allowed.push(state_of(rs[a]));
-            a + 1
+            allowed.push(state_of(a));
+            a.version
         }
         None => {
             allowed.push(State::Absent);
             0
         }
     };
-    for r in &rs[from..] {
+    for r in rs.iter().filter(|r| r.version >= floor) {
         allowed.push(state_of(r));
-        if r.op == Op::Write {
+        if r.op == Op::Write && (acked.is_none() || r.version > floor) {
             // Truncated, its new content not yet written.
             allowed.push(State::Empty);
         }
@@ -121,7 +127,7 @@ fn check_file(
     if let State::Torn(why) = &got {
         out.violation(cycle, seed, "torn", path, why.clone());
     } else if !allowed.contains(&got) {
-        let (kind, want) = match acked.map(|a| rs[a]) {
+        let (kind, want) = match acked {
             Some(r) if r.op == Op::Delete => {
                 ("resurrected", "absent (deleted and fsync'd)".to_string())
             }
@@ -236,6 +242,11 @@ fn check_dirs(root: &Path, recs: &[Rec], cycle: u64, seed: u64, out: &mut Outcom
     }
     let a = root.join("w/dA").is_dir();
     let b = root.join("w/dB").is_dir();
+    let acked = moves.iter().rposition(|r| r.phase == Phase::Done);
+    if acked.is_none() && !a && !b {
+        // Killed while the pair was being made: nothing was acknowledged.
+        return;
+    }
     let at = match (a, b) {
         (true, false) => "w/dA",
         (false, true) => "w/dB",
@@ -253,7 +264,6 @@ fn check_dirs(root: &Path, recs: &[Rec], cycle: u64, seed: u64, out: &mut Outcom
             return;
         }
     };
-    let acked = moves.iter().rposition(|r| r.phase == Phase::Done);
     let allowed: HashSet<&str> = match acked {
         Some(i) => {
             out.acked += 1;

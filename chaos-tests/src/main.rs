@@ -53,6 +53,9 @@ enum Cmd {
         tar: Option<PathBuf>,
         #[arg(long, default_value_t = 0)]
         tar_files: u64,
+        /// Append this worker's errors here (its terminal has no reader).
+        #[arg(long)]
+        log: Option<PathBuf>,
     },
 }
 
@@ -77,7 +80,16 @@ fn real_main() -> Result<bool> {
             cycle,
             tar,
             tar_files,
+            log,
         } => {
+            if let Some(l) = log {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(l)?;
+                // stderr becomes the log file: eprintln! lands there.
+                nix::unistd::dup2_stderr(f)?;
+            }
             let tar = tar.map(|t| (t, tar_files));
             cove_chaos::worker::Worker::new(root, &manifest, seed, cycle, tar)?.run()
         }

@@ -5,8 +5,8 @@ use crate::check;
 use crate::editor;
 use crate::manifest::{self, now_ms, Rec};
 use crate::proxy::{FaultProxy, Faults};
-use crate::report::{self, Cycle, Summary};
-use crate::workspace::Setup;
+use crate::report::{self, Cycle, Summary, Violation};
+use crate::workspace::{Setup, Workspace};
 use anyhow::{Context, Result};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
@@ -123,7 +123,226 @@ impl Fault {
     }
 }
 
-pub async fn run(cfg: Config) -> Result<bool> {
+/// Detaches the harness's FUSE mounts when a run ends, also on an error
+/// (a killed sidecar leaves its mount behind).
+struct Mounts(Vec<PathBuf>);
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        for m in &self.0 {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// What every cycle uses.
+struct Ctx<'a> {
+    setup: &'a Setup,
+    proxy: &'a FaultProxy,
+    mount: PathBuf,
+    intruder_mount: PathBuf,
+    manifest: PathBuf,
+    worker_log: PathBuf,
+    tarball: PathBuf,
+    me: PathBuf,
+    editor_versions: Arc<Mutex<HashMap<String, u64>>>,
+    editor_recs: Arc<Mutex<Vec<Rec>>>,
+}
+
+/// Bounds an await that must not hang a CI run.
+async fn within<T>(
+    what: &str,
+    d: Duration,
+    f: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(d, f)
+        .await
+        .map_err(|_| anyhow::anyhow!("{what}: no answer within {d:?}"))?
+}
+
+/// The length of the manifest file (the worker appends to it).
+fn manifest_len(p: &std::path::Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// One kill cycle on the running workspace `ws`, which it replaces with the
+/// recovered one.
+async fn cycle(
+    ctx: &Ctx<'_>,
+    cfg: &Config,
+    n: u64,
+    rng: &mut rand::rngs::StdRng,
+    ws: &mut Option<Workspace>,
+) -> Result<(Cycle, Vec<Violation>)> {
+    let setup = ctx.setup;
+    let fault = Fault::pick(n, rng);
+    let kill_after = Duration::from_millis(rng.random_range(300..2500));
+    let w = ws.as_ref().context("no workspace")?;
+    // Workload: the worker in a terminal, the editor over the socket.
+    let mut sock = within(
+        "connecting",
+        Duration::from_secs(20),
+        editor::connect(&w.ide, &setup.token()),
+    )
+    .await?;
+    let worker_seed = cfg.seed ^ (n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let before = manifest_len(&ctx.manifest);
+    let command = vec![
+        ctx.me.display().to_string(),
+        "worker".into(),
+        "--root".into(),
+        ctx.mount.display().to_string(),
+        "--manifest".into(),
+        ctx.manifest.display().to_string(),
+        "--seed".into(),
+        worker_seed.to_string(),
+        "--cycle".into(),
+        n.to_string(),
+        "--tar".into(),
+        ctx.tarball.display().to_string(),
+        "--tar-files".into(),
+        cfg.tar_files.to_string(),
+        "--log".into(),
+        ctx.worker_log.display().to_string(),
+    ];
+    within(
+        "starting the worker",
+        Duration::from_secs(20),
+        editor::start_worker(&mut sock, command),
+    )
+    .await?;
+    let editor = tokio::spawn(editor::save_loop(
+        sock,
+        worker_seed.rotate_left(17),
+        n,
+        ctx.editor_versions.clone(),
+        ctx.editor_recs.clone(),
+    ));
+    // The kill clock starts when the worker is at work (its first record),
+    // so no cycle is spent on start-up alone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while manifest_len(&ctx.manifest) == before {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the worker wrote nothing within 30 s (see logs/worker.log)"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ctx.proxy.set(fault.faults());
+    let wait = if fault == Fault::Outage {
+        // The outage, then the store back and the work going on (fsyncs
+        // held during the outage now complete), then the kill.
+        tokio::time::sleep(cfg.outage).await;
+        ctx.proxy.set(Faults::default());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cfg.outage + Duration::from_secs(3)
+    } else {
+        tokio::time::sleep(kill_after).await;
+        kill_after
+    };
+
+    // The fault, ending in the kill.
+    let mut intruder = None;
+    let w = ws.take().context("no workspace")?;
+    match fault {
+        Fault::KillDuringStop => {
+            let grace = Duration::from_millis(rng.random_range(0..400));
+            w.term_then_kill(grace).await;
+        }
+        Fault::StaleWriter => {
+            // A second sidecar claims the project while the first goes on
+            // writing: none of the first's later writes may be
+            // acknowledged.
+            let i = within(
+                "the intruder's start",
+                Duration::from_secs(120),
+                setup.sidecar(&ctx.intruder_mount, "intruder", true),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            w.kill().await;
+            intruder = Some(i?);
+        }
+        _ => w.kill().await,
+    }
+    let t_kill = now_ms();
+    let killed = Instant::now();
+    ctx.proxy.set(Faults::default());
+    editor.abort();
+    let _ = editor.await;
+    if let Some(i) = intruder {
+        within("stopping the intruder", Duration::from_secs(120), i.stop()).await?;
+    }
+
+    // Recovery, with an empty cache.
+    let mut violations = Vec::new();
+    if fault == Fault::KillDuringHydration {
+        let s = setup.sidecar(&ctx.mount, "hydrating", false).await?;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
+        s.kill().await;
+    }
+    let recovered = match within(
+        "recovery",
+        Duration::from_secs(180),
+        setup.start(&ctx.mount),
+    )
+    .await
+    {
+        Ok(w) => w,
+        Err(e) => {
+            // A workspace must come back at the first try; a second one
+            // tells whether the damage is lasting.
+            violations.push(Violation {
+                cycle: n,
+                seed: cfg.seed,
+                kind: "recovery_failed".into(),
+                path: String::new(),
+                detail: format!("{e:#}"),
+            });
+            within(
+                "recovery, second try",
+                Duration::from_secs(180),
+                setup.start(&ctx.mount),
+            )
+            .await?
+        }
+    };
+    let recovery_ms = killed.elapsed().as_millis() as u64;
+    *ws = Some(recovered);
+
+    // Checks, against everything ever recorded.
+    let mut recs = manifest::read(&ctx.manifest)?;
+    recs.extend(
+        ctx.editor_recs
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default(),
+    );
+    let m = ctx.mount.clone();
+    let seed = cfg.seed;
+    let o = within("the checks", Duration::from_secs(120), async move {
+        Ok(tokio::task::spawn_blocking(move || check::check(&m, &recs, n, seed, t_kill)).await?)
+    })
+    .await?;
+    violations.extend(o.violations);
+    let c = Cycle {
+        n,
+        fault: fault.name(cfg.outage),
+        kill_after_ms: wait.as_millis() as u64,
+        acked: o.acked,
+        unsynced: o.unsynced,
+        lost_unsynced: o.lost_unsynced,
+        rpo_ms: o.rpo_ms,
+        recovery_ms,
+        violations: violations.len() as u64,
+    };
+    Ok((c, violations))
+}
+
+pub async fn run(mut cfg: Config) -> Result<bool> {
+    // Absolute: the worker runs with the workspace as its directory.
+    cfg.out = std::path::absolute(&cfg.out)?;
+    cfg.bin_dir = std::path::absolute(&cfg.bin_dir)?;
     let t_start = Instant::now();
     let started = format!("{} (Unix ms)", now_ms());
     std::fs::create_dir_all(&cfg.out)?;
@@ -153,135 +372,71 @@ pub async fn run(cfg: Config) -> Result<bool> {
     let _ = std::fs::remove_file(&manifest_path);
     let tarball = crate::worker::make_tarball(work.path(), cfg.tar_files)?;
     let mount = work.path().join("workspace");
-    let me = std::env::current_exe()?;
+    let _mounts = Mounts(vec![mount.clone(), work.path().join("intruder")]);
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
-    let editor_versions: Arc<Mutex<HashMap<String, u64>>> = Default::default();
-    let editor_recs: Arc<Mutex<Vec<Rec>>> = Default::default();
+    let ctx = Ctx {
+        setup: &setup,
+        proxy: &proxy,
+        mount: mount.clone(),
+        intruder_mount: work.path().join("intruder"),
+        manifest: manifest_path.clone(),
+        worker_log: cfg.out.join("logs/worker.log"),
+        tarball,
+        me: std::env::current_exe()?,
+        editor_versions: Default::default(),
+        editor_recs: Default::default(),
+    };
     let mut cycles = Vec::new();
     let mut violations = Vec::new();
-    let mut ws = setup.start(&mount).await.context("first start")?;
+    let mut ws = Some(setup.start(&mount).await.context("first start")?);
     for n in 0..cfg.cycles {
-        let fault = Fault::pick(n, &mut rng);
-        let kill_after = Duration::from_millis(rng.random_range(300..2500));
-        // Workload: the worker in a terminal, the editor over the socket.
-        let mut sock = editor::connect(&ws.ide, &setup.token()).await?;
-        let worker_seed = cfg.seed ^ (n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        editor::start_worker(
-            &mut sock,
-            vec![
-                me.display().to_string(),
-                "worker".into(),
-                "--root".into(),
-                mount.display().to_string(),
-                "--manifest".into(),
-                manifest_path.display().to_string(),
-                "--seed".into(),
-                worker_seed.to_string(),
-                "--cycle".into(),
-                n.to_string(),
-                "--tar".into(),
-                tarball.display().to_string(),
-                "--tar-files".into(),
-                cfg.tar_files.to_string(),
-            ],
-        )
-        .await?;
-        let editor = tokio::spawn(editor::save_loop(
-            sock,
-            worker_seed.rotate_left(17),
-            n,
-            editor_versions.clone(),
-            editor_recs.clone(),
-        ));
-        proxy.set(fault.faults());
-        let wait = if fault == Fault::Outage {
-            cfg.outage
-        } else {
-            kill_after
-        };
-        tokio::time::sleep(wait).await;
-
-        // The fault, ending in the kill.
-        let mut intruder = None;
-        match fault {
-            Fault::KillDuringStop => {
-                let grace = Duration::from_millis(rng.random_range(0..400));
-                ws.term_then_kill(grace).await;
+        match cycle(&ctx, &cfg, n, &mut rng, &mut ws).await {
+            Ok((c, v)) => {
+                eprintln!(
+                    "cycle {n:>5} {:<45} killed after {:>5} ms · recovered in {:>5} ms · acked {:>3} · unsynced {:>3} lost {:>3} · {}",
+                    c.fault,
+                    c.kill_after_ms,
+                    c.recovery_ms,
+                    c.acked,
+                    c.unsynced,
+                    c.lost_unsynced,
+                    if c.violations == 0 { "ok".to_string() } else { format!("{} VIOLATIONS", c.violations) }
+                );
+                for v in &v {
+                    tracing::error!(cycle = n, kind = %v.kind, path = %v.path, detail = %v.detail, "violation");
+                }
+                cycles.push(c);
+                violations.extend(v);
             }
-            Fault::StaleWriter => {
-                // A second sidecar claims the project while the first goes
-                // on writing: none of the first's later writes may be
-                // acknowledged.
-                let m2 = work.path().join("intruder");
-                intruder = Some(setup.sidecar(&m2, "intruder", true).await?);
-                tokio::time::sleep(Duration::from_millis(700)).await;
-                ws.kill().await;
-            }
-            _ => ws.kill().await,
-        }
-        let t_kill = now_ms();
-        let killed = Instant::now();
-        proxy.set(Faults::default());
-        editor.abort();
-        let _ = editor.await;
-        if let Some(i) = intruder {
-            i.stop().await.context("stopping the intruder")?;
-        }
-
-        // Recovery, with an empty cache.
-        if fault == Fault::KillDuringHydration {
-            let s = setup.sidecar(&mount, "hydrating", false).await?;
-            tokio::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
-            s.kill().await;
-        }
-        ws = match setup.start(&mount).await {
-            Ok(w) => w,
             Err(e) => {
-                // One more try; a workspace that cannot come back is a
-                // failure of its own.
-                tracing::warn!(error = %format!("{e:#}"), "recovery failed; retrying");
-                setup.start(&mount).await.context("recovery")?
+                // The harness could not go on (a workspace that does not
+                // come back, a hang): that is a failure too, and the report
+                // of the cycles so far is still written.
+                let detail = format!("{e:#}");
+                tracing::error!(cycle = n, %detail, "the run stopped");
+                violations.push(Violation {
+                    cycle: n,
+                    seed: cfg.seed,
+                    kind: "harness_error".into(),
+                    path: String::new(),
+                    detail,
+                });
+                break;
             }
-        };
-        let recovery_ms = killed.elapsed().as_millis() as u64;
-
-        // Checks, against everything ever recorded.
-        let mut recs = manifest::read(&manifest_path)?;
-        recs.extend(editor_recs.lock().map(|v| v.clone()).unwrap_or_default());
-        let m = mount.clone();
-        let seed = cfg.seed;
-        let o =
-            tokio::task::spawn_blocking(move || check::check(&m, &recs, n, seed, t_kill)).await?;
-        let nv = o.violations.len() as u64;
-        for v in &o.violations {
-            tracing::error!(cycle = n, kind = %v.kind, path = %v.path, detail = %v.detail, "violation");
         }
-        violations.extend(o.violations);
-        let c = Cycle {
-            n,
-            fault: fault.name(cfg.outage),
-            kill_after_ms: wait.as_millis() as u64,
-            acked: o.acked,
-            unsynced: o.unsynced,
-            lost_unsynced: o.lost_unsynced,
-            rpo_ms: o.rpo_ms,
-            recovery_ms,
-            violations: nv,
-        };
-        eprintln!(
-            "cycle {n:>5} {:<45} killed after {:>5} ms · recovered in {:>5} ms · acked {:>3} · unsynced {:>3} lost {:>3} · {}",
-            c.fault,
-            c.kill_after_ms,
-            c.recovery_ms,
-            c.acked,
-            c.unsynced,
-            c.lost_unsynced,
-            if nv == 0 { "ok".to_string() } else { format!("{nv} VIOLATIONS") }
-        );
-        cycles.push(c);
     }
-    ws.stop().await.context("the final stop")?;
+    if let Some(w) = ws.take() {
+        if let Err(e) = w.stop().await {
+            violations.push(Violation {
+                cycle: cfg.cycles,
+                seed: cfg.seed,
+                kind: "final_stop".into(),
+                path: String::new(),
+                detail: format!("{e:#}"),
+            });
+        }
+    }
     let st = proxy.stats();
     let summary = Summary {
         profile: cfg.profile.clone(),

@@ -144,32 +144,57 @@ impl Worker {
             fsync_dir(&self.p("w"))?;
             self.rec(Op::DirMove, Phase::Done, "w/dA", "", 0, true);
         }
-        if !self.p("w/repo/.git").exists() {
-            let repo = self.p("w/repo");
+        let repo = self.p("w/repo");
+        if !repo.join(".git/HEAD").exists() {
             let _ = fs::remove_dir_all(&repo);
             fs::create_dir_all(&repo)?;
             git(&repo, &["init", "-q"])?;
-            for (k, v) in [
-                ("user.email", "chaos@cove.invalid"),
-                ("user.name", "cove-chaos"),
-                ("core.fsync", "all"),
-                ("core.fsyncMethod", "fsync"),
-                ("commit.gpgsign", "false"),
-            ] {
-                git(&repo, &["config", k, v])?;
-            }
+        }
+        // A kill inside `git commit` leaves its lock files (git fsyncs the
+        // lock, not the rename that ends it): clear them, as a person would.
+        for lock in [
+            "index.lock",
+            "HEAD.lock",
+            "config.lock",
+            "refs/heads/master.lock",
+            "refs/heads/main.lock",
+        ] {
+            let _ = fs::remove_file(repo.join(".git").join(lock));
+        }
+        // Again each run: a kill may have cut the first run's setup short.
+        for (k, v) in [
+            ("user.email", "chaos@cove.invalid"),
+            ("user.name", "cove-chaos"),
+            ("core.fsync", "all"),
+            ("core.fsyncMethod", "fsync"),
+            ("commit.gpgsign", "false"),
+            ("gc.auto", "0"),
+            ("maintenance.auto", "false"),
+        ] {
+            git(&repo, &["config", k, v])?;
         }
         Ok(())
     }
 
     pub fn run(mut self) -> ! {
+        let mut failures = 0;
         loop {
-            let r = self.step();
-            if let Err(e) = r {
-                // Fenced or shutting down: fsync says EIO. Keep trying; the
-                // harness decides when this run ends.
-                eprintln!("cove-chaos worker: {e:#}");
-                std::thread::sleep(std::time::Duration::from_millis(50));
+            match self.step() {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    // Fenced or shutting down: fsync says EIO. Keep trying
+                    // (the harness kills us), but a worker whose workspace
+                    // is gone (the harness failed) must not run forever.
+                    eprintln!("cove-chaos worker: {e:#}");
+                    failures += 1;
+                    if failures > 600 {
+                        eprintln!(
+                            "cove-chaos worker: giving up after {failures} failures in a row"
+                        );
+                        std::process::exit(4);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
             }
         }
     }
@@ -246,10 +271,9 @@ impl Worker {
             .append(true)
             .create(true)
             .open(self.p(&path))?;
-        let wrote = f.write_all(content::line(&lineage, n).as_bytes());
-        // A failed append may have written part of the line: the next run
-        // cuts it (prepare), this one stops using the log.
-        wrote?;
+        // A failed append may have written part of the line; the next run
+        // cuts it (prepare).
+        f.write_all(content::line(&lineage, n).as_bytes())?;
         self.next.insert(lineage.clone(), n + 1);
         if sync {
             f.sync_all().context("fsync")?;

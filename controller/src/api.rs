@@ -500,6 +500,9 @@ async fn restore_running(
         "bad_path" => {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_path", msg).with(json!({ "path": path }))
         }
+        "not_ready" => {
+            ApiError::new(StatusCode::CONFLICT, "conflict", msg).with(json!({"state": "starting"}))
+        }
         "unavailable" => ApiError::store(msg),
         _ => ApiError::new(
             StatusCode::BAD_GATEWAY,

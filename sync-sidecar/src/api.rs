@@ -92,15 +92,23 @@ async fn restore_handler(
             "hydration has not finished",
         );
     }
-    match crate::restore::restore(
-        &ws,
-        &target,
-        at,
-        path,
-        req.wait_ms.map(std::time::Duration::from_millis),
-    )
-    .await
-    {
+    // On its own task: a client that hangs up must not cut a restore off
+    // halfway (hyper drops the handler's future with the connection).
+    let path = path.to_owned();
+    let wait = req.wait_ms.map(std::time::Duration::from_millis);
+    let task =
+        tokio::spawn(async move { crate::restore::restore(&ws, &target, at, &path, wait).await });
+    let result = match task.await {
+        Ok(r) => r,
+        Err(e) => {
+            return err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                &format!("the restore task failed: {e}"),
+            )
+        }
+    };
+    match result {
         Ok(r) => Json(r).into_response(),
         Err(e) => {
             let (status, code) = match &e {

@@ -402,6 +402,10 @@ pub struct CleanStop {
     /// The directory the state describes (the cache, or the watched
     /// workspace), canonical.
     pub dir: std::path::PathBuf,
+    /// When the state was recorded (Unix ns): an entry changed later (its
+    /// ctime) is not the stopped state.
+    #[serde(default)]
+    pub stopped_ns: i64,
 }
 
 impl CleanStop {
@@ -461,12 +465,13 @@ pub async fn adopt(
     journal: &Journal,
     root: Arc<Root>,
     head: CommitId,
+    stopped_ns: i64,
     progress: Arc<Progress>,
 ) -> JResult<Option<Tree>> {
     let (index, _) = journal.load_tree(false, Some(head)).await?;
     let n = index.len() as u64;
     let (index, verdict) = tokio::task::spawn_blocking(move || {
-        let v = cache_matches(&root, &index);
+        let v = cache_matches(&root, &index, stopped_ns);
         (index, v)
     })
     .await
@@ -486,8 +491,10 @@ pub async fn adopt(
     }
 }
 
-/// Compares the directory under `root` with `index`, entry by entry.
-fn cache_matches(root: &Root, index: &Tree) -> Result<(), String> {
+/// Compares the directory under `root` with `index`, entry by entry; an
+/// entry changed after `stopped_ns` (ctime), or a file with a second name
+/// (a hard link, which a cold start would split), does not match.
+fn cache_matches(root: &Root, index: &Tree, stopped_ns: i64) -> Result<(), String> {
     let mut seen = 0usize;
     let mut stack = vec![String::new()];
     while let Some(dir) = stack.pop() {
@@ -501,6 +508,13 @@ fn cache_matches(root: &Root, index: &Tree) -> Result<(), String> {
                 .get(&p)
                 .ok_or_else(|| format!("{p} is not in the stored tree"))?;
             seen += 1;
+            let ctime = st.st_ctime * 1_000_000_000 + st.st_ctime_nsec;
+            if ctime > stopped_ns {
+                return Err(format!("{p} changed after the clean stop"));
+            }
+            if !fsutil::is_dir(&st) && st.st_nlink > 1 {
+                return Err(format!("{p} has {} names (a hard link)", st.st_nlink));
+            }
             let mode_ok = st.st_mode & 0o7777 == node.mode & 0o7777;
             let ok = match &node.content {
                 Content::Dir => {

@@ -441,9 +441,10 @@ async fn serve(
     let warm = state_file
         .and_then(CleanStop::take)
         .filter(|s| s.project == project && s.dir == tree_dir)
-        .map(|s| s.head);
+        .map(|s| (s.head, s.stopped_ns));
     let ws = Workspace::new(root, if fuse_mode { "fuse" } else { "watch" }, project, cfg);
-    let target = cove_sync::restore::Target::new(journal.clone(), workspace_dir.to_path_buf());
+    let target =
+        cove_sync::restore::Target::new(journal.clone(), workspace_dir.to_path_buf(), owner);
     let api_task = api::serve(ws.clone(), Some(Arc::new(target)), api_addr)
         .await
         .with_context(|| format!("binding the control API on {api_addr}"))?;
@@ -478,18 +479,28 @@ async fn serve(
         let _ = nix::mount::umount2(workspace_dir, nix::mount::MntFlags::MNT_DETACH);
         drop(s);
     }
-    drop(watcher);
+    if watcher.take().is_some() {
+        // Events still queued died with the watcher: look once more.
+        ws.scan().await;
+    }
     let last = ws.shutdown().await;
     let _ = committer.await;
     api_task.abort();
     match (first, last) {
         (_, Ok(c)) => {
             tracing::info!(commit = %c, "all changes are in the store");
-            if let Some(f) = state_file {
+            let damaged = !ws.progress.damaged.lock().is_empty();
+            if let Some(f) = state_file.filter(|_| !damaged) {
+                // Files hydrated with missing chunks are zeros where data
+                // is missing; only a cold start fetches them again.
                 let clean = CleanStop {
                     project: project.to_owned(),
                     head: c,
                     dir: tree_dir.clone(),
+                    stopped_ns: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos() as i64)
+                        .unwrap_or(i64::MAX),
                 };
                 if let Err(e) = clean.save(f) {
                     tracing::warn!(file = %f.display(), error = %e, "cannot record the clean stop; the next start hydrates in full");

@@ -12,7 +12,17 @@
 //! program ever reads a half-restored file.
 //!
 //! A restore races with the user's own writes like two editors do: a file
-//! written during the restore keeps whichever write landed last.
+//! written during the restore keeps whichever write landed last. It is not
+//! one commit: the committer keeps running, so a long restore can reach the
+//! store in several commits (the final flush covers all of them). An error
+//! halfway (a missing blob, a full disk) leaves the operations before it
+//! applied; the error says so.
+//!
+//! The sidecar may run as root while the user does not: every name is
+//! resolved with `RESOLVE_NO_SYMLINKS` (a symlink swapped in by the user is
+//! never followed), modes are set through a descriptor, restored entries get
+//! the workspace owner (`--owner`), and directory modes are applied last,
+//! deepest first, so a read-only directory does not stop its children.
 
 use crate::format::{keys, CommitId, Op};
 use crate::fsutil::{self, split, Root};
@@ -32,15 +42,18 @@ const TMP_MARKER: &str = ".cove-tmp-";
 pub struct Target {
     pub journal: Journal,
     pub visible: PathBuf,
+    /// Owner of restored entries (`serve --owner`).
+    pub owner: Option<crate::hydrate::Owner>,
     /// One restore at a time: two would interleave their files.
     lock: tokio::sync::Mutex<()>,
 }
 
 impl Target {
-    pub fn new(journal: Journal, visible: PathBuf) -> Self {
+    pub fn new(journal: Journal, visible: PathBuf, owner: Option<crate::hydrate::Owner>) -> Self {
         Self {
             journal,
             visible,
+            owner,
             lock: Default::default(),
         }
     }
@@ -156,12 +169,29 @@ pub async fn restore(
         });
     }
     let visible = target.visible.clone();
+    let shown = target.visible.display().to_string();
     // The mount is served by this process: its I/O never runs on the
     // runtime's workers (a FUSE callback may need one).
-    let root = Arc::new(blocking(move || Root::open(&visible), "").await?);
-    for op in &ops {
-        apply(&target.journal, &root, op).await?;
+    let root = Arc::new(blocking(move || Root::open(&visible), &shown).await?);
+    let mut dir_modes = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        if let Err(e) = apply(&target.journal, &root, op, target.owner, &mut dir_modes).await {
+            tracing::warn!(%at, path, applied = i, of = ops.len(), error = %e, "restore stopped halfway");
+            return Err(e);
+        }
     }
+    // Deepest first: a read-only directory gets its mode after its children.
+    let r = root.clone();
+    blocking(
+        move || {
+            for (p, mode) in dir_modes.iter().rev() {
+                set_mode(&r, p, *mode)?;
+            }
+            Ok(())
+        },
+        path,
+    )
+    .await?;
     let commit = match wait {
         Some(w) => tokio::time::timeout(w, flush_all(ws)).await.ok(),
         None => Some(flush_all(ws).await),
@@ -197,13 +227,66 @@ async fn blocking<T: Send + 'static>(
         .map_err(io_err)
 }
 
-/// One op, applied to the visible workspace.
-async fn apply(journal: &Journal, root: &Arc<Root>, op: &Op) -> Result<(), RestoreError> {
+/// Sets the mode of directory `rel` through a descriptor opened without
+/// following symlinks (the user could swap one in).
+fn set_mode(r: &Root, rel: &str, mode: u32) -> io::Result<()> {
+    let f = r.open_file(
+        rel,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+        0,
+    )?;
+    nix::sys::stat::fchmod(&f, nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777))?;
+    Ok(())
+}
+
+/// Gives `name` in `dir` to the workspace owner, if there is one.
+fn chown_at(
+    dir: &std::os::fd::OwnedFd,
+    name: &str,
+    owner: Option<crate::hydrate::Owner>,
+) -> io::Result<()> {
+    if let Some(o) = owner {
+        nix::unistd::fchownat(
+            dir,
+            name,
+            Some(o.uid.into()),
+            Some(o.gid.into()),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
+    }
+    Ok(())
+}
+
+/// Makes `rel` and its missing ancestors directories, owned by `owner`.
+fn make_dirs(r: &Root, rel: &str, owner: Option<crate::hydrate::Owner>) -> io::Result<()> {
+    let mut cur = String::new();
+    for comp in rel.split('/').filter(|c| !c.is_empty()) {
+        let parent = cur.clone();
+        cur = fsutil::join(&parent, comp);
+        let existed = matches!(r.lstat_opt(&cur)?, Some(st) if fsutil::is_dir(&st));
+        if !existed {
+            r.force_dirs(&cur, 0o755)?;
+            chown_at(&r.dir(&parent)?, comp, owner)?;
+        }
+    }
+    Ok(())
+}
+
+/// One op, applied to the visible workspace. Directory modes are collected
+/// in `dir_modes` and set at the end.
+async fn apply(
+    journal: &Journal,
+    root: &Arc<Root>,
+    op: &Op,
+    owner: Option<crate::hydrate::Owner>,
+    dir_modes: &mut Vec<(String, u32)>,
+) -> Result<(), RestoreError> {
     let r = root.clone();
     let p = op.path().to_owned();
     match op.clone() {
         Op::Delete { path } => blocking(move || r.remove_all(&path), &p).await,
         Op::Mkdir { path, mode } => {
+            dir_modes.push((path.clone(), mode));
             blocking(
                 move || {
                     match r.lstat_opt(&path)? {
@@ -211,15 +294,7 @@ async fn apply(journal: &Journal, root: &Arc<Root>, op: &Op) -> Result<(), Resto
                         Some(_) => r.remove_all(&path)?,
                         None => {}
                     }
-                    r.force_dirs(&path, 0o755)?;
-                    let (parent, name) = split(&path);
-                    nix::sys::stat::fchmodat(
-                        &r.dir(parent)?,
-                        name,
-                        nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777),
-                        nix::sys::stat::FchmodatFlags::FollowSymlink,
-                    )?;
-                    Ok(())
+                    make_dirs(&r, &path, owner)
                 },
                 &p,
             )
@@ -229,11 +304,20 @@ async fn apply(journal: &Journal, root: &Arc<Root>, op: &Op) -> Result<(), Resto
             blocking(
                 move || {
                     let (parent, name) = split(&path);
-                    r.force_dirs(parent, 0o755)?;
+                    make_dirs(&r, parent, owner)?;
                     let dir = r.dir(parent)?;
                     let tmp = tmp_name(name);
                     nix::unistd::symlinkat(target.as_str(), &dir, tmp.as_str())?;
-                    rename_over(&r, parent, &tmp, name)
+                    let done = chown_at(&dir, &tmp, owner)
+                        .and_then(|_| rename_over(&r, parent, &tmp, name));
+                    if done.is_err() {
+                        let _ = nix::unistd::unlinkat(
+                            &dir,
+                            tmp.as_str(),
+                            nix::unistd::UnlinkatFlags::NoRemoveDir,
+                        );
+                    }
+                    done
                 },
                 &p,
             )
@@ -254,7 +338,7 @@ async fn apply(journal: &Journal, root: &Arc<Root>, op: &Op) -> Result<(), Resto
             let (r2, rel2, parent2) = (r.clone(), rel.clone(), parent.clone());
             let mut file = blocking(
                 move || {
-                    r2.force_dirs(&parent2, 0o755)?;
+                    make_dirs(&r2, &parent2, owner)?;
                     r2.open_file(
                         &rel2,
                         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW,
@@ -280,6 +364,9 @@ async fn apply(journal: &Journal, root: &Arc<Root>, op: &Op) -> Result<(), Resto
                             mode & 0o7777,
                         ))?;
                         crate::hydrate::set_mtime(&file, mtime)?;
+                        if let Some(o) = owner {
+                            nix::unistd::fchown(&file, Some(o.uid.into()), Some(o.gid.into()))?;
+                        }
                         drop(file);
                         rename_over(&r3, &parent, &tmp, &name)
                     },

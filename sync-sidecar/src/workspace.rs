@@ -244,7 +244,7 @@ impl Workspace {
         journal: Journal,
         epoch: Option<u64>,
         owner: Option<Owner>,
-        warm: Option<CommitId>,
+        warm: Option<(CommitId, i64)>,
     ) -> Result<tokio::task::JoinHandle<()>, JournalError> {
         let t0 = Instant::now();
         self.health.lock().url = journal.store().describe();
@@ -253,10 +253,17 @@ impl Workspace {
         // `warm`: the head a clean stop left this cache at. If the store is
         // still there and the cache checks out, there is nothing to fetch.
         let adopted = match warm {
-            Some(h) if h == chain.head() => {
-                hydrate::adopt(&journal, self.root.clone(), h, self.progress.clone()).await?
+            Some((h, stopped_ns)) if h == chain.head() => {
+                hydrate::adopt(
+                    &journal,
+                    self.root.clone(),
+                    h,
+                    stopped_ns,
+                    self.progress.clone(),
+                )
+                .await?
             }
-            Some(h) => {
+            Some((h, _)) => {
                 tracing::info!(stopped_at = %h, head = %chain.head(), "the project changed since the clean stop: hydrating");
                 None
             }

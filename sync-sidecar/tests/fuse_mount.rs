@@ -598,7 +598,13 @@ fn commit_of(flush_body: &str) -> String {
 /// one path alone; and bad requests answered clearly, changing nothing.
 fn restore_running(mode: &'static str) {
     let (store, _g) = stores().remove(0);
-    let sc = Sidecar::start(&store, &format!("restore-{mode}"), mode, &[]);
+    // Restored entries belong to the workspace user, not to the sidecar.
+    let sc = Sidecar::start(
+        &store,
+        &format!("restore-{mode}"),
+        mode,
+        &["--owner", "4321:4321"],
+    );
     let big: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 251) as u8).collect();
     fs::write(sc.path("a.txt"), "a1").unwrap();
     fs::write(sc.path("big.bin"), &big).unwrap();
@@ -672,6 +678,10 @@ fn restore_running(mode: &'static str) {
         &without_mtimes(&then),
     );
     assert_eq!(fs::read(sc.path("big.bin")).unwrap(), big);
+    for p in ["a.txt", "big.bin", "thing", "src/keep.rs"] {
+        let uid = std::os::unix::fs::MetadataExt::uid(&fs::symlink_metadata(sc.path(p)).unwrap());
+        assert_eq!(uid, 4321, "{mode}: owner of restored {p}");
+    }
     let (code, body) = http(
         &sc.api,
         "POST",
