@@ -88,6 +88,30 @@ fn start_with(extra: &[&str]) -> Controller {
 }
 
 fn start_env(extra: &[&str], env: &[(String, String)]) -> Controller {
+    start_mode("watch", extra, env)
+}
+
+/// Root with /dev/fuse: the test command (and CI) runs as root, so there
+/// the FUSE case must run; elsewhere it is skipped with a note.
+fn fuse_available() -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok()
+        && nix::unistd::geteuid().is_root();
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must run the FUSE case (root and /dev/fuse)"
+        );
+        eprintln!("no usable /dev/fuse: skipping the FUSE case");
+    }
+    ok
+}
+
+/// A controller whose workspaces run in `mode` (`watch` or `fuse`).
+fn start_mode(mode: &str, extra: &[&str], env: &[(String, String)]) -> Controller {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -96,7 +120,7 @@ fn start_env(extra: &[&str], env: &[(String, String)]) -> Controller {
         .port();
     let templates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
     let mut child = Command::new(env!("CARGO_BIN_EXE_cove-controller"))
-        .args(["--port", &port.to_string(), "--mode", "watch", "--data-dir"])
+        .args(["--port", &port.to_string(), "--mode", mode, "--data-dir"])
         .arg(dir.path())
         .arg("--templates")
         .arg(&templates)
@@ -296,16 +320,25 @@ async fn wait_ready(c: &Controller, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_start_edit_preview_stop_and_start_again() {
-    round_trip(start()).await;
+    round_trip(start(), "watch").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_on_an_s3_store() {
     let Some((url, env)) = s3_store() else { return };
-    round_trip(start_env(&["--store", &url], &env)).await;
+    round_trip(start_env(&["--store", &url], &env), "watch").await;
 }
 
-async fn round_trip(c: Controller) {
+/// The same over real FUSE mounts (the default where Cove runs as root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_over_fuse() {
+    if !fuse_available() {
+        return;
+    }
+    round_trip(start_mode("fuse", &[], &[]), "fuse").await;
+}
+
+async fn round_trip(c: Controller, mode: &str) {
     let (s, t) = call(&c, "GET", "/api/templates", None).await;
     assert_eq!(s, 200);
     let names: Vec<_> = t["templates"]
@@ -442,6 +475,7 @@ async fn round_trip(c: Controller) {
         None,
     )
     .await;
+    assert_eq!(w["mode"], mode, "{w}");
     let token = w["token"].as_str().unwrap().to_string();
 
     // Through the gateway: a terminal runs the template's app, the preview
