@@ -339,6 +339,54 @@ async fn cycle(
     Ok((c, violations))
 }
 
+/// The run so far, as the report shows it.
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    cfg: &Config,
+    started: &str,
+    t_start: Instant,
+    s3: &S3,
+    prefix: &str,
+    proxy: &FaultProxy,
+    cycles: &[Cycle],
+    violations: &[Violation],
+) -> Summary {
+    let st = proxy.stats();
+    let mut notes = vec![
+        "Every kill is a SIGKILL of the sidecar, cove-pty and every process in the workspace at once (stopped first, so none forks or writes in between); every recovery starts a new sidecar with an empty cache that hydrates from the store.".to_string(),
+        "Commits are debounced 100 ms and a checkpoint is written every 8 commits, so random kill times fall during commits and checkpoints.".into(),
+        "Cluster mode (pod deletion through the Kubernetes API): there is no cluster runtime yet; not run.".into(),
+    ];
+    if (cycles.len() as u64) < cfg.cycles {
+        notes.push(format!(
+            "Partial: {} of {} cycles so far (the report is rewritten every 10 cycles).",
+            cycles.len(),
+            cfg.cycles
+        ));
+    }
+    Summary {
+        profile: cfg.profile.clone(),
+        seed: cfg.seed,
+        started: started.to_string(),
+        duration_s: t_start.elapsed().as_secs_f64(),
+        mode: "fuse".into(),
+        store: format!(
+            "Garage at {} through the fault proxy, s3://{}/{prefix}",
+            s3.endpoint, s3.bucket
+        ),
+        cycles: cycles.to_vec(),
+        violations: violations.to_vec(),
+        proxy: vec![
+            ("requests".into(), st.requests),
+            ("503 before forwarding".into(), st.errors_before),
+            ("500 after forwarding".into(), st.errors_after),
+            ("dropped after forwarding".into(), st.dropped),
+            ("refused (outage)".into(), st.refused),
+        ],
+        notes,
+    }
+}
+
 pub async fn run(mut cfg: Config) -> Result<bool> {
     // Absolute: the worker runs with the workspace as its directory.
     cfg.out = std::path::absolute(&cfg.out)?;
@@ -408,6 +456,22 @@ pub async fn run(mut cfg: Config) -> Result<bool> {
                 }
                 cycles.push(c);
                 violations.extend(v);
+                // A long run stopped by hand keeps its report.
+                if cycles.len() % 10 == 0 && (cycles.len() as u64) < cfg.cycles {
+                    let partial = summarize(
+                        &cfg,
+                        &started,
+                        t_start,
+                        &s3,
+                        &prefix,
+                        &proxy,
+                        &cycles,
+                        &violations,
+                    );
+                    if let Err(e) = report::write(&cfg.out, &partial) {
+                        tracing::warn!(error = %format!("{e:#}"), "writing the partial report");
+                    }
+                }
             }
             Err(e) => {
                 // The harness could not go on (a workspace that does not
@@ -437,32 +501,16 @@ pub async fn run(mut cfg: Config) -> Result<bool> {
             });
         }
     }
-    let st = proxy.stats();
-    let summary = Summary {
-        profile: cfg.profile.clone(),
-        seed: cfg.seed,
-        started,
-        duration_s: t_start.elapsed().as_secs_f64(),
-        mode: "fuse".into(),
-        store: format!(
-            "Garage at {} through the fault proxy, s3://{}/{prefix}",
-            s3.endpoint, s3.bucket
-        ),
-        cycles,
-        violations,
-        proxy: vec![
-            ("requests".into(), st.requests),
-            ("503 before forwarding".into(), st.errors_before),
-            ("500 after forwarding".into(), st.errors_after),
-            ("dropped after forwarding".into(), st.dropped),
-            ("refused (outage)".into(), st.refused),
-        ],
-        notes: vec![
-            "Every kill is a SIGKILL of the sidecar, cove-pty and every process in the workspace at once (stopped first, so none forks or writes in between); every recovery starts a new sidecar with an empty cache that hydrates from the store.".into(),
-            "Commits are debounced 100 ms and a checkpoint is written every 8 commits, so random kill times fall during commits and checkpoints.".into(),
-            "Cluster mode (pod deletion through the Kubernetes API): there is no cluster runtime yet; not run.".into(),
-        ],
-    };
+    let summary = summarize(
+        &cfg,
+        &started,
+        t_start,
+        &s3,
+        &prefix,
+        &proxy,
+        &cycles,
+        &violations,
+    );
     report::write(&cfg.out, &summary)?;
     let line = report::closing_line(&summary);
     println!("{line}");
