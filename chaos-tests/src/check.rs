@@ -26,13 +26,8 @@ pub struct Outcome {
 
 impl Outcome {
     fn violation(&mut self, cycle: u64, seed: u64, kind: &str, path: &str, detail: String) {
-        self.violations.push(Violation {
-            cycle,
-            seed,
-            kind: kind.into(),
-            path: path.into(),
-            detail,
-        });
+        self.violations
+            .push(Violation::new(cycle, seed, kind, path, detail));
     }
 
     fn lost(&mut self, r: &Rec, t_kill: u64) {
@@ -42,10 +37,19 @@ impl Outcome {
     }
 }
 
-fn file_state(root: &Path, rel: &str, lineage: &str) -> State {
+/// A file's bytes; `None` if it does not exist.
+fn read_opt(root: &Path, rel: &str) -> std::io::Result<Option<Vec<u8>>> {
     match std::fs::read(root.join(rel)) {
-        Ok(b) => content::parse(&b, lineage),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::Absent,
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn file_state(root: &Path, rel: &str, lineage: &str) -> State {
+    match read_opt(root, rel) {
+        Ok(Some(b)) => content::parse(&b, lineage),
+        Ok(None) => State::Absent,
         Err(e) => State::Torn(format!("unreadable: {e}")),
     }
 }
@@ -181,9 +185,8 @@ fn check_log(
     out: &mut Outcome,
 ) {
     let lineage = &rs[0].lineage;
-    let bytes = match std::fs::read(root.join(path)) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+    let bytes = match read_opt(root, path) {
+        Ok(b) => b.unwrap_or_default(),
         Err(e) => {
             out.violation(cycle, seed, "torn", path, format!("unreadable: {e}"));
             return;

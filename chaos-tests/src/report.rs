@@ -20,6 +20,18 @@ pub struct Violation {
     pub detail: String, // expected vs found, enough to reproduce
 }
 
+impl Violation {
+    pub fn new(cycle: u64, seed: u64, kind: &str, path: &str, detail: String) -> Self {
+        Self {
+            cycle,
+            seed,
+            kind: kind.into(),
+            path: path.into(),
+            detail,
+        }
+    }
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Cycle {
     pub n: u64,

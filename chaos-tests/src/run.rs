@@ -292,13 +292,13 @@ async fn cycle(
         Err(e) => {
             // A workspace must come back at the first try; a second one
             // tells whether the damage is lasting.
-            violations.push(Violation {
-                cycle: n,
-                seed: cfg.seed,
-                kind: "recovery_failed".into(),
-                path: String::new(),
-                detail: format!("{e:#}"),
-            });
+            violations.push(Violation::new(
+                n,
+                cfg.seed,
+                "recovery_failed",
+                "",
+                format!("{e:#}"),
+            ));
             within(
                 "recovery, second try",
                 Duration::from_secs(180),
@@ -479,26 +479,20 @@ pub async fn run(mut cfg: Config) -> Result<bool> {
                 // of the cycles so far is still written.
                 let detail = format!("{e:#}");
                 tracing::error!(cycle = n, %detail, "the run stopped");
-                violations.push(Violation {
-                    cycle: n,
-                    seed: cfg.seed,
-                    kind: "harness_error".into(),
-                    path: String::new(),
-                    detail,
-                });
+                violations.push(Violation::new(n, cfg.seed, "harness_error", "", detail));
                 break;
             }
         }
     }
     if let Some(w) = ws.take() {
         if let Err(e) = w.stop().await {
-            violations.push(Violation {
-                cycle: cfg.cycles,
-                seed: cfg.seed,
-                kind: "final_stop".into(),
-                path: String::new(),
-                detail: format!("{e:#}"),
-            });
+            violations.push(Violation::new(
+                cfg.cycles,
+                cfg.seed,
+                "final_stop",
+                "",
+                format!("{e:#}"),
+            ));
         }
     }
     let summary = summarize(

@@ -191,11 +191,11 @@ async fn flush(State(ws): State<Arc<Workspace>>, body: axum::body::Bytes) -> Res
             .map(|p| p.trim_matches('/').to_owned())
             .collect()
     });
-    if paths.is_none() && ws.mode() == "watch" {
-        // inotify may not have delivered everything yet: look.
-        ws.scan().await;
-    }
-    match ws.flush(paths.as_deref()).await {
+    let flushed = match &paths {
+        None => ws.flush_all().await,
+        Some(p) => ws.flush(Some(p)).await,
+    };
+    match flushed {
         Ok(c) => Json(json!({"durable": true, "commit": c})).into_response(),
         Err(e @ FlushError::Fenced) => err(StatusCode::CONFLICT, "fenced", &e.to_string()),
         Err(e @ FlushError::BadPath(_)) => err(StatusCode::BAD_REQUEST, "bad_path", &e.to_string()),

@@ -34,6 +34,16 @@ pub fn split(rel: &str) -> (&str, &str) {
     }
 }
 
+/// fsyncs the directory holding `path`, so a rename or unlink in it is
+/// durable (a bare name's directory is the current one).
+pub fn sync_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(p) if p.as_os_str().is_empty() => File::open(".")?.sync_all(),
+        Some(p) => File::open(p)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
 pub fn join(parent: &str, name: &str) -> String {
     if parent.is_empty() {
         name.to_owned()

@@ -418,7 +418,7 @@ impl CleanStop {
             f.sync_all()?;
         }
         std::fs::rename(&tmp, file)?;
-        sync_parent(file)
+        fsutil::sync_parent(file)
     }
 
     /// Reads and **removes** the state in `file`: from here on the cache may
@@ -434,7 +434,7 @@ impl CleanStop {
                 return None;
             }
         };
-        if let Err(e) = std::fs::remove_file(file).and_then(|_| sync_parent(file)) {
+        if let Err(e) = std::fs::remove_file(file).and_then(|_| fsutil::sync_parent(file)) {
             tracing::warn!(file = %file.display(), error = %e, "cannot remove the clean-stop state; not using it");
             return None;
         }
@@ -446,14 +446,6 @@ impl CleanStop {
             }
         }
     }
-}
-
-fn sync_parent(file: &std::path::Path) -> io::Result<()> {
-    let dir = file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Warm start: if the cache under `root` is exactly the tree at `head`

@@ -153,7 +153,7 @@ pub async fn restore(
     }
     // Commit what is on disk now, so the store's head is what the restore
     // compares against.
-    flush_all(ws).await?;
+    ws.flush_all().await?;
     let (cur, head) = target
         .journal
         .load_tree(true, None)
@@ -193,8 +193,8 @@ pub async fn restore(
     )
     .await?;
     let commit = match wait {
-        Some(w) => tokio::time::timeout(w, flush_all(ws)).await.ok(),
-        None => Some(flush_all(ws).await),
+        Some(w) => tokio::time::timeout(w, ws.flush_all()).await.ok(),
+        None => Some(ws.flush_all().await),
     }
     .transpose()?;
     tracing::info!(%at, path, files = ops.len(), ?commit, "restored");
@@ -203,14 +203,6 @@ pub async fn restore(
         durable: commit.is_some(),
         commit,
     })
-}
-
-async fn flush_all(ws: &Arc<Workspace>) -> Result<CommitId, RestoreError> {
-    if ws.mode() == "watch" {
-        // inotify may not have told us everything yet: look.
-        ws.scan().await;
-    }
-    Ok(ws.flush(None).await?)
 }
 
 async fn blocking<T: Send + 'static>(

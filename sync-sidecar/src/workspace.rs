@@ -403,6 +403,15 @@ impl Workspace {
 
     // ---- durability ---------------------------------------------------
 
+    /// Everything in the store: in watch mode a scan first, since inotify
+    /// may not have delivered every event yet.
+    pub async fn flush_all(self: &Arc<Self>) -> Result<CommitId, FlushError> {
+        if self.mode == "watch" {
+            self.scan().await;
+        }
+        self.flush(None).await
+    }
+
     /// Wait until the current content of `paths` (everything, if `None`) is
     /// in the store. Returns the commit that holds it.
     pub async fn flush(&self, paths: Option<&[String]>) -> Result<CommitId, FlushError> {

@@ -107,13 +107,6 @@ impl Inner {
         Ok(tmp)
     }
 
-    fn sync_parent(path: &Path) -> io::Result<()> {
-        if let Some(parent) = path.parent() {
-            fs::File::open(parent)?.sync_all()?;
-        }
-        Ok(())
-    }
-
     fn ensure_parent(path: &Path) -> io::Result<()> {
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent)?;
@@ -142,7 +135,7 @@ impl ObjectStore for DirStore {
             Inner::ensure_parent(&path)?;
             let tmp = inner.stage(&body)?;
             fs::rename(&tmp, &path)?;
-            Inner::sync_parent(&path)
+            crate::fsutil::sync_parent(&path)
         })
         .await
     }
@@ -155,7 +148,7 @@ impl ObjectStore for DirStore {
             let res = fs::hard_link(&tmp, &path);
             let _ = fs::remove_file(&tmp);
             match res {
-                Ok(()) => Inner::sync_parent(&path).map(|_| true),
+                Ok(()) => crate::fsutil::sync_parent(&path).map(|_| true),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
                 Err(e) => Err(e),
             }
