@@ -4,9 +4,14 @@
 set -euo pipefail
 
 GARAGE_VERSION=2.5.0
-# git, tar and a font (the chaos report's plot) for the chaos harness
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config rclone s3fs vim-nox bsdutils procps git tar fonts-dejavu-core)
+# git, tar and a font (the chaos report's plot) for the chaos harness;
+# chromium (/usr/bin/chromium) for the browser tests
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config rclone s3fs vim-nox bsdutils procps git tar fonts-dejavu-core chromium)
+# The UI's minimum Node.js (frontend/package.json "engines")
+NODE_MIN=20.19
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PATH="$HOME/.cargo/bin:$PATH"
+source "$ROOT/scripts/lib/frontend.sh"
 
 step() { printf '[install-deps] %s\n' "$*"; }
 die() { printf '[install-deps] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -20,6 +25,8 @@ for p in "${APT_PACKAGES[@]}"; do
 done
 # a C toolchain is needed to link Rust and build garage's bundled sqlite/libsodium
 command -v cc >/dev/null || { APT_PACKAGES+=(build-essential); missing+=(build-essential); }
+# Node.js builds the UI; a node already on PATH (NodeSource, nvm...) is kept
+command -v node >/dev/null || { APT_PACKAGES+=(nodejs npm); missing+=(nodejs npm); }
 if ((${#missing[@]})); then
   step "apt: missing ${missing[*]}; running apt-get update"
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -50,7 +57,24 @@ for c in rustfmt clippy; do
   fi
 done
 
-# 4. Garage (S3 server used by the tests), built from crates.io
+# 4. Node.js (checked, not replaced) and the UI's npm dependencies
+node_version=$(node --version 2>/dev/null) || die "node not found on PATH after installing nodejs"
+command -v npm >/dev/null || die "npm not found on PATH (node $node_version came without it)"
+if printf '%s\n' "$NODE_MIN" "${node_version#v}" | sort -V -C; then
+  step "node: $node_version"
+else
+  step "WARNING: node $node_version is older than $NODE_MIN, which the UI needs (install a newer Node.js)"
+fi
+if frontend_needs_npm_ci "$ROOT/frontend"; then
+  step "npm: installing the UI's dependencies (npm ci in frontend/)"
+  (cd "$ROOT/frontend" && npm ci --no-audit --no-fund --loglevel=error)
+elif [[ -f $ROOT/frontend/package-lock.json ]]; then
+  step "npm: frontend/node_modules up to date"
+else
+  step "npm: no frontend/package-lock.json yet; nothing to install"
+fi
+
+# 5. Garage (S3 server used by the tests), built from crates.io
 if garage --version 2>/dev/null | grep -Eq "(^|[^0-9.])${GARAGE_VERSION//./\\.}([^0-9]|$)"; then
   step "garage: $(garage --version | head -n1) already installed"
 else

@@ -5,7 +5,7 @@ use crate::projects::{Project, Projects, Template};
 use crate::runtime::{Runtime, StartSpec, State, Status};
 use axum::body::Body;
 use axum::extract::{Path, Request, State as AxState};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -28,6 +28,8 @@ pub struct Controller {
     /// Per project, the turn that changing requests take one after the
     /// other (api.md §1); tokio's mutex queues waiters in arrival order.
     pub turns: parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The built browser UI, served for the other `GET`s on `host` (§6).
+    pub ui: crate::ui::Ui,
 }
 
 pub type Shared = Arc<Controller>;
@@ -541,9 +543,52 @@ pub fn api_router(c: Shared) -> Router {
                 "method not allowed",
             )
         })
-        .fallback(|| async { ApiError::not_found() })
+        .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(c.clone(), observe))
         .with_state(c)
+}
+
+/// Paths no route took: under `/api`, and with other methods than `GET` and
+/// `HEAD`, the API's `404`; otherwise the UI (§6) on the controller's host,
+/// a `308` to it from `127.0.0.1` and `[::1]` (the UI has one origin, the
+/// one the Origin check of §7 accepts), and the `404` on any other host.
+async fn fallback(AxState(c): AxState<Shared>, req: Request) -> Response {
+    let path = req.uri().path();
+    if path == "/api"
+        || path.starts_with("/api/")
+        || !matches!(*req.method(), Method::GET | Method::HEAD)
+    {
+        return ApiError::not_found().into_response();
+    }
+    let name = |h: &str| -> String {
+        let h = h.to_ascii_lowercase();
+        match h.rsplit_once(':') {
+            // `[::1]:7070`; a bare `[::1]` has no port to remove.
+            Some((n, p)) if !p.ends_with(']') => n.to_string(),
+            _ => h,
+        }
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(name)
+        .unwrap_or_default();
+    if host == name(&c.host) {
+        return c.ui.serve(req.method(), req.uri(), req.headers()).await;
+    }
+    if host == "127.0.0.1" || host == "[::1]" {
+        let to = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        if let Ok(v) = header::HeaderValue::from_str(&format!("http://{}{to}", c.host)) {
+            return (
+                StatusCode::PERMANENT_REDIRECT,
+                [(header::LOCATION, v)],
+                Body::empty(),
+            )
+                .into_response();
+        }
+    }
+    ApiError::not_found().into_response()
 }
 
 /// The request's id (api.md §1): the client's `X-Request-Id` if it is a

@@ -9,3 +9,4 @@ pub mod history;
 pub mod metrics;
 pub mod projects;
 pub mod runtime;
+pub mod ui;

@@ -32,6 +32,9 @@ struct Args {
     /// Directory of templates to import at start.
     #[arg(long, default_value = "templates")]
     templates: PathBuf,
+    /// The built browser UI (Vite's output), served on the controller's host.
+    #[arg(long, default_value = "frontend/dist")]
+    ui_dir: PathBuf,
     /// Where cove-sync and cove-pty are; default: next to this binary.
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -141,7 +144,9 @@ async fn main() -> Result<()> {
         idle_timeout: (a.idle_timeout_secs > 0)
             .then(|| std::time::Duration::from_secs(a.idle_timeout_secs)),
         turns: Default::default(),
+        ui: cove_controller::ui::Ui::new(a.ui_dir),
     });
+    c.ui.warn_if_missing().await;
     tokio::spawn(api::idle_loop(c.clone()));
     let api_router = api::api_router(c.clone());
     let app = axum::Router::new()
@@ -152,7 +157,7 @@ async fn main() -> Result<()> {
         .with_context(|| format!("binding {}:{}", a.bind, a.port))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "cove-controller listening");
-    println!("listening http://{addr}");
+    println!("listening http://{addr}; the IDE is at http://{host}/");
     let serve = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),

@@ -850,11 +850,128 @@ async fn crashed_children_are_restarted_idle_workspaces_stop_and_nothing_is_orph
     assert!(pids_of(&id).is_empty(), "left behind: {:?}", pids_of(&id));
 }
 
+/// A GET on the controller's host with `host`, without following redirects:
+/// status, headers, body.
+async fn get_as(
+    c: &Controller,
+    host: &str,
+    path: &str,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("http://127.0.0.1:{}{path}", c.port))
+        .header("host", host)
+        .send()
+        .await
+        .unwrap();
+    let (s, h) = (r.status().as_u16(), r.headers().clone());
+    (s, h, r.text().await.unwrap())
+}
+
+/// The browser UI (api.md §6): on the controller's host, files of the built
+/// UI and index.html for client routes; the API and workspace hosts as
+/// before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_host_serves_the_ui() {
+    let ui = tempfile::tempdir().unwrap();
+    std::fs::create_dir(ui.path().join("assets")).unwrap();
+    std::fs::write(
+        ui.path().join("index.html"),
+        "<!doctype html><title>Cove UI</title>",
+    )
+    .unwrap();
+    std::fs::write(ui.path().join("assets/index-abc123.js"), "export {}").unwrap();
+    let c = start_with(&["--ui-dir", ui.path().to_str().unwrap()]);
+    let local = format!("localhost:{}", c.port);
+
+    for path in ["/", "/p/my-app-123456", "/index.html"] {
+        let (s, h, body) = get_as(&c, &local, path).await;
+        assert_eq!(s, 200, "{path}: {body}");
+        assert_eq!(h["content-type"], "text/html; charset=utf-8", "{path}");
+        assert_eq!(h["cache-control"], "no-cache", "{path}");
+        assert_eq!(body, "<!doctype html><title>Cove UI</title>", "{path}");
+    }
+    let (s, h, body) = get_as(&c, &local, "/assets/index-abc123.js").await;
+    assert_eq!((s, body.as_str()), (200, "export {}"));
+    assert_eq!(h["content-type"], "text/javascript; charset=utf-8");
+    assert_eq!(h["cache-control"], "public, max-age=31536000, immutable");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(get_as(&c, &local, "/assets/index-old.js").await.0, 404);
+    // Sent as they are (an HTTP client library would normalize them).
+    for path in [
+        "/../Cargo.toml",
+        "/%2e%2e/Cargo.toml",
+        "/assets/%2E%2E/%2e%2e/Cargo.toml",
+    ] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", c.port))
+            .await
+            .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {local}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.unwrap();
+        assert!(resp.starts_with("HTTP/1.1 404 "), "{path}: {resp}");
+    }
+
+    // The API keeps its JSON 404s; other methods than GET and HEAD too.
+    assert_eq!(call(&c, "GET", "/api/nope", None).await.0, 404);
+    assert_eq!(call(&c, "GET", "/api", None).await.0, 404);
+    let (s, e) = call(&c, "POST", "/p/my-app-123456", None).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(call(&c, "GET", "/healthz", None).await.0, 200);
+
+    // 127.0.0.1 is sent to the one origin the UI has.
+    let (s, h, _) = get_as(&c, &format!("127.0.0.1:{}", c.port), "/p/x?y=1").await;
+    assert_eq!(s, 308);
+    assert_eq!(
+        h["location"],
+        format!("http://localhost:{}/p/x?y=1", c.port)
+    );
+
+    // Workspace hosts and unknown hosts never get the UI.
+    for host in [
+        format!("nope-123456.ide.localhost:{}", c.port),
+        format!("nope-123456.app.localhost:{}", c.port),
+        format!("3000--nope-123456.app.localhost:{}", c.port),
+        format!("evil.example:{}", c.port),
+    ] {
+        let (s, _, body) = get_as(&c, &host, "/").await;
+        assert_eq!(s, 404, "{host}: {body}");
+        assert!(!body.contains("Cove UI"), "{host}: {body}");
+    }
+    let (_, p) = call(
+        &c,
+        "POST",
+        "/api/projects",
+        Some(r#"{"name":"ui","template":"static"}"#),
+    )
+    .await;
+    let id = p["id"].as_str().unwrap().to_string();
+    let (s, _, body) = get_as(&c, &format!("{id}.app.localhost:{}", c.port), "/").await;
+    assert!(!body.contains("Cove UI"), "{s}: {body}");
+    drop(c);
+
+    // Without a built UI: a 503 page that says how to build it.
+    let c = start_with(&["--ui-dir", ui.path().join("missing").to_str().unwrap()]);
+    let (s, h, body) = get_as(&c, &format!("localhost:{}", c.port), "/").await;
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(h["content-type"], "text/html; charset=utf-8");
+    assert!(body.contains("npm run build"), "{body}");
+    let log = std::fs::read_to_string(c.dir.path().join("controller.log")).unwrap();
+    assert_eq!(log.matches("does not exist").count(), 1, "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_template_gives_a_working_project() {
     let c = start();
     let expect = [
-        ("node", "server.js", "process.env.PORT"),
+        ("node", "index.js", "process.env.PORT"),
         ("python", "app.py", "PORT"),
         ("static", "index.html", "Hello from Cove"),
         ("rust", "src/main.rs", "fn main"),
