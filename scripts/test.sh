@@ -57,5 +57,15 @@ step "cargo test --workspace --release -- --test-threads=2"
 # only pushes that message out of a truncated CI log.
 RUST_BACKTRACE=0 cargo test --workspace --release -- --test-threads=2
 
+# The browser IDE: unit tests, the production build the controller serves,
+# then end to end in Debian's Chromium against a real Cove on loopback (it
+# uses the release binaries the cargo tests just built).
+step "frontend: vitest"
+(cd frontend && npm test --silent)
+step "frontend: build (tsc + vite)"
+(cd frontend && npm run build --silent)
+step "frontend: end to end in Chromium (playwright-core)"
+(cd frontend && COVE_SCREENSHOTS="$PWD/../target/e2e-screenshots" npm run e2e --silent)
+
 step "extra suites"
 run_extra_suites
