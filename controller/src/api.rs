@@ -716,6 +716,9 @@ enum Route {
     Api,
     Ide(String),
     App(String),
+    /// A name that is none of ours: someone pointed it at this address
+    /// (DNS rebinding), so it reaches nothing.
+    Unknown,
 }
 
 fn route(c: &Controller, req: &Request) -> Route {
@@ -723,9 +726,15 @@ fn route(c: &Controller, req: &Request) -> Route {
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default()
         .to_ascii_lowercase();
-    let name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+    // `[::1]:7070` and `[::1]` keep their brackets; `name:7070` loses the port.
+    let name = match host.rsplit_once(':') {
+        Some((h, p)) if !p.ends_with(']') => h,
+        _ => host.as_str(),
+    };
     if let Some(label) = name.strip_suffix(&format!(".ide.{}", c.domain)) {
         return Route::Ide(label.to_string());
     }
@@ -737,7 +746,11 @@ fn route(c: &Controller, req: &Request) -> Route {
         };
         return Route::App(id.to_string());
     }
-    Route::Api
+    let own = c.host.rsplit_once(':').map_or(c.host.as_str(), |(h, _)| h);
+    if name == own || name == c.domain || name == "127.0.0.1" || name == "[::1]" {
+        return Route::Api;
+    }
+    Route::Unknown
 }
 
 /// The whole listener: API for the controller's host, the gateway for
@@ -746,6 +759,12 @@ pub async fn gateway(AxState((c, api)): AxState<(Shared, Router)>, req: Request)
     use tower::ServiceExt;
     match route(&c, &req) {
         Route::Api => api.oneshot(req).await.unwrap_or_else(|e| match e {}),
+        Route::Unknown => (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "unknown host\n",
+        )
+            .into_response(),
         Route::Ide(id) => match ensure_started(&c, &id, Duration::from_secs(120)).await {
             Ok(st) => match st.ide_port {
                 Some(port) => c.upstream.forward(req, port).await,

@@ -945,6 +945,11 @@ async fn the_controller_host_serves_the_ui() {
         assert_eq!(s, 404, "{host}: {body}");
         assert!(!body.contains("Cove UI"), "{host}: {body}");
     }
+    // A name pointed at the controller (DNS rebinding) reaches nothing, the API included.
+    for path in ["/api/projects", "/healthz", "/"] {
+        let (s, _, body) = get_as(&c, &format!("evil.example:{}", c.port), path).await;
+        assert_eq!((s, body.as_str()), (404, "unknown host\n"), "{path}");
+    }
     let (_, p) = call(
         &c,
         "POST",
