@@ -54,7 +54,7 @@ test("projects page: create a project from the node template", async () => {
   await page.getByTestId("project-name").fill("Hello Node");
   await page.getByTestId("template-node").click();
   mkdirSync(SHOTS, { recursive: true });
-  await page.screenshot({ path: join(SHOTS, "projects.png") });
+  await page.screenshot({ path: join(SHOTS, "new-project.png") });
   await page.getByTestId("create-project").click();
   await page.waitForURL(/\/p\/hello-node-[a-z0-9]{6}$/);
   projectId = new URL(page.url()).pathname.split("/")[2];
@@ -150,6 +150,15 @@ test("a save over a change made underneath is a conflict, and overwrite resolves
   const file = await cove.api("GET", `/api/projects/${projectId}/history/${head.epoch}.${head.seq}/file?path=index.js`);
   assert.match(file.json.content, /\/\/ mine/);
   assert.doesNotMatch(file.json.content, /theirs/);
+});
+
+test("the projects page shows the project running, opened just now", async () => {
+  await page.goto(cove.base);
+  const row = page.locator(`[data-testid="project-row"][data-project-id="${projectId}"]`);
+  await row.waitFor();
+  assert.equal(await row.getByTestId("project-state").textContent(), "Running");
+  assert.match(await row.textContent(), /node.*just now/);
+  await page.screenshot({ path: join(SHOTS, "projects.png") });
 });
 
 test("no uncaught errors in the page", () => {
