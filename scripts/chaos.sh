@@ -14,7 +14,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
-cargo build --release -p cove-sync -p cove-pty -p cove-chaos
+# The same targets as the test command's `cargo test --workspace --release`,
+# so after it this builds nothing: a narrower package set unifies features
+# differently and would rebuild cove-sync and everything on it.
+cargo build --release --workspace --all-targets
 
 if [[ -z "${COVE_TEST_S3_ENDPOINT:-}" ]]; then
   dir=${COVE_CHAOS_GARAGE:-/tmp/cove-chaos-garage}

@@ -6,6 +6,7 @@
 // a save over a change made underneath is a conflict, not an overwrite.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { launchBrowser, REPO, startCove, terminalText, waitFor } from "./harness.mjs";
@@ -126,6 +127,20 @@ test("a page reload brings the terminals back with their screens", async () => {
   await waitFor(async () => (await terminalText(page, before[1])).includes("echo made"), "the second terminal's screen after reload").catch(async (e) => {
     throw new Error(`${e.message}\n--- terminal ${before[1]} ---\n${await terminalText(page, before[1])}\n--- terminal ${before[0]} ---\n${await terminalText(page, before[0])}`);
   });
+});
+
+test("a network drop: the page reconnects and the terminals come back with their screens", async () => {
+  await page.locator('[data-testid="term-tab"]').nth(1).click();
+  await typeInTerminal("echo before-''drop\n");
+  await waitFor(async () => (await terminalText(page)).includes("\nbefore-drop"), "output before the drop");
+  // Cut every TCP connection from the browser to the controller (the IDE socket included).
+  execFileSync("ss", ["-K", `dport = :${cove.port}`]);
+  await page.getByTestId("reconnect-banner").waitFor({ timeout: 10_000 });
+  await waitFor(async () => (await page.getByTestId("conn-status").textContent()) === "Connected", "the reconnect");
+  assert.equal(await page.getByTestId("reconnect-banner").count(), 0);
+  assert.match(await terminalText(page), /\nbefore-drop/);
+  await typeInTerminal("echo after-''drop\n");
+  await waitFor(async () => (await terminalText(page)).includes("\nafter-drop"), "input and output after the reconnect");
 });
 
 test("a save over a change made underneath is a conflict, and overwrite resolves it", async () => {

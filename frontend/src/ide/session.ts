@@ -162,6 +162,8 @@ export class IdeSession {
       this.subscription = null;
     }
     if (status.ready) void this.afterReady();
+    // A restarted workspace has no terminals left: give the person one again.
+    if (restarted && terms.length === 0 && status.ready) void this.newTerminal().catch(() => {});
   }
 
   private readyDone = false;
