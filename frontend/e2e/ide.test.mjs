@@ -69,6 +69,10 @@ test("bad input on the projects page gets a clear message", async () => {
   await p.getByTestId("project-name").fill("   ");
   await p.getByTestId("create-project").click();
   assert.match(await p.getByTestId("create-error").textContent(), /name/i);
+  // A name only the server refuses (a bidirectional control): its message is shown.
+  await p.getByTestId("project-name").fill("evil\u202Ename");
+  await p.getByTestId("create-project").click();
+  await waitFor(async () => /^Name: /.test(await p.getByTestId("create-error").textContent()), "the API's invalid_name message");
   await p.goto(`${cove.base}/p/no-such-project`);
   assert.match(await p.getByTestId("ide-error").textContent(), /no such project/i);
   await p.close();

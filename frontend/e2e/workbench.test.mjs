@@ -59,6 +59,15 @@ test("tree: new folder and file, rename, drag to move, delete with confirmation"
   await item("src/util.js").waitFor();
   await page.locator('[data-testid="tab"][data-path="src/util.js"]').waitFor();
 
+  // Renaming an open file: its tab follows, and it is not taken for deleted.
+  await item("src/util.js").click({ button: "right" });
+  await page.getByTestId("menu-rename").click();
+  await prompt("src/helpers.js");
+  await page.locator('[data-testid="tab"][data-path="src/helpers.js"]').waitFor();
+  await item("src/helpers.js").waitFor();
+  await new Promise((r) => setTimeout(r, 500)); // let any change event for the old path land
+  assert.equal(await page.locator('[data-testid="tab"][data-path="src/helpers.js"] [data-testid="tab-marker"]').count(), 0);
+
   await item("README.md").click({ button: "right" });
   await page.getByTestId("menu-rename").click();
   await prompt("NOTES.md");
@@ -97,10 +106,10 @@ test("a clean open file follows the disk; binary and too-large files get a messa
 
 test("quick open finds a file with Ctrl+P", async () => {
   await page.keyboard.press("Control+P");
-  await page.getByTestId("quick-open-input").fill("utiljs");
+  await page.getByTestId("quick-open-input").fill("helpjs");
   await page.getByTestId("quick-open-item").first().waitFor();
   await page.keyboard.press("Enter");
-  await waitFor(async () => (await model()).path === "/src/util.js", "src/util.js opened");
+  await waitFor(async () => (await model()).path === "/src/helpers.js", "src/helpers.js opened");
 });
 
 test("history: a past version of a file, restored into the open editor", async () => {

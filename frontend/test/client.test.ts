@@ -126,6 +126,57 @@ describe("CoveClient (protocol.md §3, §4, §8, §15)", () => {
     await expect(write).resolves.toMatchObject({ durable: true });
   });
 
+  it("after 1009 (message too big) it does not send the same request again", async () => {
+    vi.useFakeTimers();
+    const c = client();
+    c.start();
+    await vi.advanceTimersByTimeAsync(0);
+    FakeSocket.all[0].open();
+    FakeSocket.all[0].welcome();
+    const write = c.request("fs.write", { path: "big", content: "x", encoding: "utf8", base_version: null });
+    FakeSocket.all[0].drop(1009);
+    await expect(write).rejects.toMatchObject({ code: "disconnected" });
+    await vi.advanceTimersByTimeAsync(600);
+    FakeSocket.all[1].open();
+    FakeSocket.all[1].welcome();
+    expect(FakeSocket.all[1].sent.filter((m) => m.type === "fs.write")).toEqual([]);
+  });
+
+  it("Retry now during an attempt leaves one socket, not two", async () => {
+    let release: (t: Ticket) => void = () => {};
+    let calls = 0;
+    const c = client(() => {
+      calls++;
+      return calls === 1 ? new Promise<Ticket>((r) => (release = r)) : Promise.resolve({ url: "ws://x/ws", token: "t2" });
+    });
+    c.start();
+    await flush();
+    c.state = "reconnecting"; // as if the first attempt were a reconnect
+    c.retryNow();
+    await flush();
+    release({ url: "ws://x/ws", token: "t1" }); // the voided attempt's ticket arrives late
+    await flush();
+    expect(FakeSocket.all.map((w) => w.protocols[1])).toEqual(["cove.token.t2"]);
+  });
+
+  it("keeps at most max_in_flight requests on the wire (§13)", async () => {
+    const c = client();
+    c.start();
+    await flush();
+    const ws = FakeSocket.all[0];
+    ws.open();
+    const hello = ws.sent[0];
+    ws.reply({ type: "result", id: hello.id, result: { protocol: 1, instance: "i", terminals: [], status: { ready: true }, limits: { dead_after_ms: 45000, max_in_flight: 2 }, preview: {} } });
+    const ps = [1, 2, 3, 4].map((n) => c.request("fs.stat", { path: `f${n}` }));
+    expect(ws.sent.length - 1).toBe(2);
+    ws.reply({ type: "result", id: ws.sent[1].id, result: {} });
+    expect(ws.sent.length - 1).toBe(3);
+    for (const m of ws.sent.slice(2)) ws.reply({ type: "result", id: m.id, result: {} });
+    expect(ws.sent.length - 1).toBe(4);
+    ws.reply({ type: "result", id: ws.sent[4].id, result: {} });
+    await Promise.all(ps);
+  });
+
   it("tells a restarted server (new instance) from a reconnect to the same one", async () => {
     vi.useFakeTimers();
     const c = client();

@@ -57,6 +57,10 @@ describe("open files and the disk", () => {
     expect(onDiskVersion(dirty, null)).toBe("mark-deleted");
     expect(tabMarker(dirty)).toBe("●");
   });
+  it("a version back at the buffer's base clears the marks (a rename seen as delete first)", () => {
+    const d = newDoc("a", { base: "v1", saved: "x", text: "x", deletedOnDisk: true });
+    expect(onDiskVersion(d, "v1")).toBe("clear-marks");
+  });
   it("a save in flight decides for itself", () => {
     expect(onDiskVersion(newDoc("a", { base: "v1", saving: true }), "v2")).toBe("none");
   });

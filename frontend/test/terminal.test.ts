@@ -7,9 +7,12 @@ class FakeSink implements TermSink {
   text = "";
   resets = 0;
   queue: (() => void)[] = [];
+  // In order with the writes, as the page's RIS through xterm's write queue.
   reset() {
-    this.resets++;
-    this.text = "";
+    this.queue.push(() => {
+      this.resets++;
+      this.text = "";
+    });
   }
   write(data: Uint8Array, done: () => void) {
     this.queue.push(() => {
@@ -68,6 +71,19 @@ describe("terminal stream flow control (protocol.md §7)", () => {
     // The old write's callback (offset 3) must not ack: it predates the snapshot.
     expect(acks).toEqual([5002]);
     expect(s.offset).toBe(5002);
+    // The old output queued before the snapshot is not drawn over it.
+    expect(sink.text).toBe("screen$ ");
+  });
+
+  it("a disposed stream (socket gone, stream replaced) never acks again", () => {
+    const sink = new FakeSink();
+    const acks: number[] = [];
+    const s = new TerminalStream(1, sink, (o) => acks.push(o), 65536);
+    s.attached(0);
+    s.onFrame(out(0, "abc"));
+    s.dispose();
+    sink.drain();
+    expect(acks).toEqual([]);
   });
 
   it("ignores OUTPUT between a snapshot's START and END", () => {

@@ -11,13 +11,15 @@ import { api, ApiError, type Workspace } from "../api";
 import { CoveClient, WorkspaceNotRunning, type ConnState } from "../protocol/client";
 import { ackFrame, inputFrame, type Frame } from "../protocol/frames";
 import { TerminalStream, type TermSink } from "../protocol/terminal";
-import { ProtocolError, type ChangeEvent, type Entry, type Status, type TerminalInfo, type WriteResult } from "../protocol/types";
+import { ProtocolError, type ChangeEvent, type Durability, type Entry, type Status, type TerminalInfo, type WriteResult } from "../protocol/types";
 import { decodeRead, isDirty, newDoc, onDiskVersion, type Doc } from "../state/docs";
 import { isUnder, joinPath, parentOf, sortEntries, treeUpdate } from "../state/tree";
 
 export interface TermView {
   sink: TermSink;
   resize(cols: number, rows: number): void;
+  /** Ask for the pane's size again (after an attach applied the server's). */
+  refit?(): void;
 }
 
 export interface Conflict {
@@ -66,6 +68,8 @@ export class IdeSession {
     this.client = new CoveClient({ ticket: () => this.ticket() });
     this.client.onState((s) => {
       this.conn = s;
+      // Attachments end with the socket; their pending acks must not leak into the next one.
+      if (s !== "open") for (const st of this.streams.values()) st.dispose();
       this.emit();
     });
     this.client.onWelcome(({ welcome, restarted }) => void this.onWelcome(welcome.terminals, restarted, welcome.status));
@@ -113,7 +117,10 @@ export class IdeSession {
       try {
         ws = await api.token(this.id);
       } catch (e) {
-        if (e instanceof ApiError && e.code === "workspace_not_running") throw new WorkspaceNotRunning(String(e.details.state ?? "stopped"));
+        if (e instanceof ApiError && e.code === "workspace_not_running") {
+          void this.refreshWorkspace(); // its state and reason, for the page
+          throw new WorkspaceNotRunning(String(e.details.state ?? "stopped"));
+        }
         throw e;
       }
     }
@@ -144,6 +151,9 @@ export class IdeSession {
 
   private async onWelcome(terms: TerminalInfo[], restarted: boolean, status: Status) {
     this.status = status;
+    // Saves answered on an older connection get no fs.durable here (§9.6);
+    // a store that has caught up settles them.
+    if (status.sync.state === "saved") this.pendingSaves.clear();
     if (restarted) {
       for (const id of [...this.streams.keys()]) this.streams.delete(id);
       this.terminals = [];
@@ -168,7 +178,9 @@ export class IdeSession {
 
   private readyDone = false;
   private async afterReady() {
-    for (const dir of this.tree.size ? [...this.tree.keys()] : [""]) this.queueRelist(dir);
+    // Re-list what is shown; collapsed directories are listed again when opened.
+    for (const d of [...this.tree.keys()]) if (d !== "" && !this.expanded.has(d)) this.tree.delete(d);
+    for (const dir of this.tree.size ? this.listedDirs() : [""]) this.queueRelist(dir);
     for (const d of this.docs.values()) void this.checkDisk(d.path);
     if (!this.readyDone) {
       this.readyDone = true;
@@ -260,6 +272,7 @@ export class IdeSession {
     const view = this.views.get(id);
     if (!view) return null;
     const ackBytes = this.client.welcome?.limits.ack_bytes ?? 65536;
+    this.streams.get(id)?.dispose();
     const s = new TerminalStream(id, view.sink, (off) => this.client.sendFrame(ackFrame(id, off)), ackBytes);
     this.streams.set(id, s);
     return s;
@@ -275,6 +288,7 @@ export class IdeSession {
       this.updateTerminal(id, r.terminal);
       this.views.get(id)?.resize(r.terminal.cols, r.terminal.rows);
       this.flushOrphans(id);
+      this.views.get(id)?.refit?.();
     } catch (e) {
       if (e instanceof ProtocolError && e.code === "not_found") {
         this.terminals = this.terminals.filter((t) => t.id !== id);
@@ -374,7 +388,7 @@ export class IdeSession {
     }
     this.expanded.add(dir);
     this.emit();
-    await this.listDir(dir);
+    await this.listDir(dir); // always fresh: a collapsed directory gets no change events
   }
 
   /** Expanded and listed: the directories whose entries are on screen. */
@@ -410,14 +424,28 @@ export class IdeSession {
     }, 30);
   }
 
+  /**
+   * A mutating request (§9.6): its change counts as "Saving…" until it is
+   * durable, like a save's.
+   */
+  private async mutate<T extends Durability>(type: string, fields: Record<string, unknown>): Promise<T> {
+    let requestId = 0;
+    const r = await this.client.request<T>(type, fields, (id) => (requestId = id));
+    if (!r.durable) {
+      this.pendingSaves.set(requestId, String(fields.path ?? fields.to ?? ""));
+      this.emit();
+    }
+    return r;
+  }
+
   async createFile(path: string): Promise<void> {
-    await this.client.request("fs.write", { path, content: "", encoding: "utf8", base_version: null, parents: true });
+    await this.mutate("fs.write", { path, content: "", encoding: "utf8", base_version: null, parents: true });
     await this.revealParents(path);
     await this.openFile(path);
   }
 
   async createDir(path: string): Promise<void> {
-    await this.client.request("fs.mkdir", { path, parents: true });
+    await this.mutate("fs.mkdir", { path, parents: true });
     await this.revealParents(`${path}/x`);
   }
 
@@ -436,7 +464,7 @@ export class IdeSession {
   }
 
   async rename(from: string, to: string): Promise<void> {
-    await this.client.request("fs.rename", { from, to });
+    await this.mutate("fs.rename", { from, to });
     // Open documents follow their file (or the directory it is in).
     const map = (p: string) => (isUnder(p, from) ? to + p.slice(from.length) : p);
     for (const d of [...this.docs.values()]) {
@@ -450,11 +478,13 @@ export class IdeSession {
     this.tabs = this.tabs.map(map);
     if (this.active) this.active = map(this.active);
     this.emit();
+    // A change event for the old path may have arrived first and marked it deleted.
+    for (const d of this.docs.values()) if (isUnder(d.path, to)) void this.checkDisk(d.path);
   }
   renamedHook: (from: string, to: string) => void = () => {};
 
   async remove(path: string): Promise<void> {
-    await this.client.request("fs.delete", { path, recursive: true });
+    await this.mutate("fs.delete", { path, recursive: true });
   }
 
   /** Every file path, for quick open: a walk of fs.list, skipping heavy directories. */
@@ -498,10 +528,18 @@ export class IdeSession {
   private personOpened = false;
 
   private async load(doc: Doc) {
+    // A reload must not eat keys typed while the read was on its way.
+    const before = doc.text;
+    const first = !doc.loaded;
     try {
       const r = await this.client.request<{ content: string; encoding: "utf8" | "base64"; version: string; size: number }>("fs.read", { path: doc.path });
       const d = decodeRead(r);
-      Object.assign(doc, { kind: d.kind, message: d.message, base: r.version, saved: d.text, text: d.text, changedOnDisk: false, deletedOnDisk: false });
+      if (!first && (doc.text !== before || doc.saving)) {
+        doc.changedOnDisk = true;
+        this.emit();
+        return;
+      }
+      Object.assign(doc, { kind: d.kind, message: d.message, base: r.version, saved: d.text, text: d.text, changedOnDisk: false, deletedOnDisk: false, loaded: true });
       this.editorSetText(doc.path, d.text);
     } catch (e) {
       if (e instanceof ProtocolError && e.code === "too_large") {
@@ -591,7 +629,7 @@ export class IdeSession {
   /** Ctrl+S. A version mismatch opens the conflict choice instead of overwriting. */
   async save(path: string, force: { base: string | null } | null = null): Promise<void> {
     const d = this.docs.get(path);
-    if (!d || d.kind !== "text" || d.saving) return;
+    if (!d || d.kind !== "text" || d.saving || !d.loaded) return;
     if (!isDirty(d) && !force && !d.deletedOnDisk) return;
     const content = d.text;
     d.saving = true;
@@ -627,12 +665,19 @@ export class IdeSession {
     void this.checkDisk(path);
   }
 
-  /** fs.write; a result that is not yet durable stays pending until fs.durable or status "saved". */
-  private async writeTracked(path: string, content: string, base: string | null): Promise<WriteResult> {
-    let requestId = 0;
-    const r = await this.client.request<WriteResult>("fs.write", { path, content, encoding: "utf8", base_version: base, parents: true }, (id) => (requestId = id));
-    if (!r.durable) this.pendingSaves.set(requestId, path);
-    return r;
+  /**
+   * fs.write of the buffer. Text whose JSON would not fit in one message
+   * (`max_message_bytes`, §4.2: heavy escaping can double it) goes as
+   * base64, which always fits a file of `max_file_bytes` (§9.4).
+   */
+  private writeTracked(path: string, content: string, base: string | null): Promise<WriteResult> {
+    const limit = this.client.welcome?.limits.max_message_bytes ?? 16 * 1024 * 1024;
+    const json = JSON.stringify(content);
+    const fields =
+      json.length * 3 + 1024 < limit || new TextEncoder().encode(json).byteLength + 1024 < limit
+        ? { path, content, encoding: "utf8", base_version: base, parents: true }
+        : { path, content: toBase64(new TextEncoder().encode(content)), encoding: "base64", base_version: base, parents: true };
+    return this.mutate<WriteResult>("fs.write", fields);
   }
 
   /** Conflict choices. */
@@ -680,8 +725,18 @@ export class IdeSession {
         d.deletedOnDisk = true;
         this.emit();
         break;
+      case "clear-marks":
+        d.changedOnDisk = d.deletedOnDisk = false;
+        this.emit();
+        break;
     }
   }
+}
+
+function toBase64(bytes: Uint8Array): string {
+  let bin = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(bin);
 }
 
 export function errorOf(e: unknown): string {

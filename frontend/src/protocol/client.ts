@@ -74,6 +74,9 @@ export class CoveClient {
   private openedAt = 0;
   private lastRx = 0;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
+  private attempt = 0;
+  /** Requests beyond max_in_flight wait here, in order (§13). */
+  private overflow: Pending[] = [];
   private watchdog: ReturnType<typeof setInterval> | null = null;
   private readonly backoff: Backoff;
   private readonly now: () => number;
@@ -155,6 +158,11 @@ export class CoveClient {
   }
 
   private send(p: Pending) {
+    const limit = this.welcome?.limits.max_in_flight ?? 64;
+    if (this.inFlight.size >= limit) {
+      this.overflow.push(p);
+      return;
+    }
     p.id = this.nextId++;
     this.inFlight.set(p.id, p);
     this.ws!.send(JSON.stringify({ ...p.msg, id: p.id }));
@@ -171,10 +179,18 @@ export class CoveClient {
     this.retryTimer = null;
     if (this.state === "closed") return;
     if (this.state !== "connecting") this.setState("reconnecting");
+    // One attempt at a time: a newer attempt ("Retry now") voids this one,
+    // and a socket still handshaking from an older one is closed.
+    const attempt = ++this.attempt;
+    const old = this.ws;
+    this.ws = null;
+    old?.close(1000, "superseded by a new attempt");
     let ticket: Ticket;
     try {
       ticket = await this.opts.ticket();
+      if (attempt !== this.attempt) return;
     } catch (e) {
+      if (attempt !== this.attempt) return;
       if (e instanceof WorkspaceNotRunning) {
         this.lastError = e.message;
         this.setState("stopped");
@@ -239,6 +255,8 @@ export class CoveClient {
       const p = this.inFlight.get(msg.id);
       if (!p) return;
       this.inFlight.delete(msg.id);
+      const next = this.overflow.shift();
+      if (next) this.send(next);
       if (msg.type === "result") p.resolve(msg.result ?? {});
       else p.reject(new ProtocolError(msg.error?.code ?? "internal", msg.error?.message ?? "error", msg.error?.details ?? {}));
       return;
@@ -274,11 +292,17 @@ export class CoveClient {
     const lasted = this.openedAt ? this.now() - this.openedAt : 0;
     this.openedAt = 0;
     this.backoff.connectionEnded(lasted);
-    // In-flight requests: repeat the safe ones on the next connection.
+    // In-flight requests: repeat the safe ones on the next connection, except
+    // after 1009, when one of them was too big: resending it would only
+    // close the next connection too (§15).
+    const unsent = this.overflow;
+    this.overflow = [];
+    const waiting: Pending[] = [];
     for (const p of this.inFlight.values()) {
-      if (SAFE_TO_REPEAT.has(p.msg.type as string)) this.waiting.push(p);
-      else p.reject(new ProtocolError("disconnected", `the connection dropped before ${p.msg.type} was answered`));
+      if (code !== 1009 && SAFE_TO_REPEAT.has(p.msg.type as string)) waiting.push(p);
+      else p.reject(new ProtocolError("disconnected", code === 1009 ? `the server refused a message as too big (${p.msg.type})` : `the connection dropped before ${p.msg.type} was answered`));
     }
+    this.waiting = [...waiting, ...unsent, ...this.waiting];
     this.inFlight.clear();
     this.lastError = reason || `connection closed (${code})`;
     if (this.state === "closed") return;
@@ -316,8 +340,9 @@ export class CoveClient {
   }
 
   private failAll(code: string, message: string) {
-    for (const p of [...this.inFlight.values(), ...this.waiting]) p.reject(new ProtocolError(code, message));
+    for (const p of [...this.inFlight.values(), ...this.overflow, ...this.waiting]) p.reject(new ProtocolError(code, message));
     this.inFlight.clear();
+    this.overflow = [];
     this.waiting = [];
   }
 

@@ -5,7 +5,11 @@
 
 import { Kind, SNAPSHOT_END, SNAPSHOT_START, type Frame } from "./frames";
 
-/** What the stream writes to: xterm.js's Terminal fits (reset + write with callback). */
+/**
+ * What the stream writes to: xterm.js's Terminal fits. `reset` must take
+ * effect in order with the writes before it (xterm.js: write "\x1bc", not
+ * `reset()`, which acts at once while older writes are still queued).
+ */
 export interface TermSink {
   reset(): void;
   write(data: Uint8Array, done: () => void): void;
@@ -33,6 +37,17 @@ export class TerminalStream {
     this.generation++;
     this.received = this.processed = this.lastAck = offset;
   }
+
+  /**
+   * The attachment ended (socket closed, stream replaced): writes still
+   * queued in the sink must not ack on a later attachment, where their
+   * offsets may lie beyond what was sent (§7 F2 closes with 4000).
+   */
+  dispose(): void {
+    this.generation++;
+    this.disposed = true;
+  }
+  private disposed = false;
 
   get offset(): number {
     return this.received;
@@ -66,7 +81,7 @@ export class TerminalStream {
 
   // §7 F2: ack every ack_bytes processed, and whenever everything received is processed.
   private maybeAck(): void {
-    if (this.processed <= this.lastAck) return;
+    if (this.disposed || this.processed <= this.lastAck) return;
     if (this.processed - this.lastAck >= this.ackBytes || this.processed === this.received) {
       this.lastAck = this.processed;
       this.sendAck(this.processed);

@@ -19,26 +19,28 @@ export interface Doc {
   /** The buffer as edited. */
   text: string;
   saving: boolean;
+  /** The first read has completed (until then the buffer is read-only and cannot be saved). */
+  loaded: boolean;
   /** The file changed on disk while the buffer had edits. */
   changedOnDisk: boolean;
   deletedOnDisk: boolean;
 }
 
 export function newDoc(path: string, init: Partial<Doc> = {}): Doc {
-  return { path, kind: "text", message: "", base: null, saved: "", text: "", saving: false, changedOnDisk: false, deletedOnDisk: false, ...init };
+  return { path, kind: "text", message: "", base: null, saved: "", text: "", saving: false, loaded: false, changedOnDisk: false, deletedOnDisk: false, ...init };
 }
 
 export function isDirty(d: Doc): boolean {
   return d.kind === "text" && d.text !== d.saved;
 }
 
-export type DiskAction = "none" | "reload" | "mark-changed" | "mark-deleted";
+export type DiskAction = "none" | "reload" | "mark-changed" | "mark-deleted" | "clear-marks";
 
 /** The file's version on disk is now `version` (null: it is gone). */
 export function onDiskVersion(d: Doc, version: string | null): DiskAction {
   if (d.saving) return "none"; // the save's own result decides; checked again after it
   if (version === null) return d.base === null ? "none" : "mark-deleted";
-  if (version === d.base) return "none";
+  if (version === d.base) return d.changedOnDisk || d.deletedOnDisk ? "clear-marks" : "none";
   if (d.kind !== "text" || !isDirty(d)) return "reload";
   return "mark-changed";
 }

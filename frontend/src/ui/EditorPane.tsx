@@ -98,6 +98,8 @@ export function EditorPane({ session, onHistory }: { session: IdeSession; onHist
       m.onDidChangeContent(() => session.setText(d.path, m.getValue()));
       models.current.set(d.path, m);
     }
+    // Read-only until the first read is in: typing into an empty model would be lost.
+    ed.updateOptions({ readOnly: !!doc && !doc.loaded });
     const want = doc && doc.kind === "text" ? doc.path : null;
     if (shown.current !== want) {
       if (shown.current) viewStates.current.set(shown.current, ed.saveViewState());
@@ -128,6 +130,14 @@ export function EditorPane({ session, onHistory }: { session: IdeSession; onHist
               data-testid="tab"
               data-path={p}
               data-dirty={d && isDirty(d) ? "true" : "false"}
+              tabIndex={0}
+              onKeyDown={(e) => {
+                if (e.key === "Enter" || e.key === " ") {
+                  e.preventDefault();
+                  session.active = p;
+                  session.emit();
+                }
+              }}
               onMouseDown={(e) => {
                 if (e.button === 1) {
                   e.preventDefault();
@@ -209,7 +219,8 @@ function ConflictDialog({ session, monaco, mine }: { session: IdeSession; monaco
         </>
       )}
       <div class="buttons">
-        <button onClick={() => session.dismissConflict()}>Cancel</button>
+        {/* Focus on Cancel: Enter must not overwrite someone's change. */}
+        <button autofocus onClick={() => session.dismissConflict()}>Cancel</button>
         {c.theirs !== null && !compare && <button data-testid="conflict-compare" onClick={() => setCompare(true)}>Compare</button>}
         {c.theirs !== null && <button data-testid="conflict-theirs" onClick={() => session.takeTheirs()}>Use the disk's version</button>}
         <button class="primary danger" data-testid="conflict-overwrite" onClick={() => session.overwrite().catch((e) => toast(errorText(e), "error"))}>

@@ -59,6 +59,9 @@ export function FileTree({ session, onHistory }: { session: IdeSession; onHistor
           data-testid="tree-item"
           data-path={path}
           data-kind={e.kind}
+          role="treeitem"
+          aria-expanded={e.kind === "dir" ? open : undefined}
+          aria-selected={session.active === path}
           tabIndex={0}
           draggable
           title={e.kind === "symlink" ? `${path} → ${e.target}` : path}

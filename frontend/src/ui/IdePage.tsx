@@ -1,7 +1,7 @@
 // The IDE page: starting view with real hydration progress, then the file
 // tree, editor, terminals, preview and status bar around one IdeSession.
 import { useEffect, useMemo, useReducer, useState } from "preact/hooks";
-import { navigate } from "../main";
+import { navigate, setLeaveGuard } from "../main";
 import { IdeSession } from "../ide/session";
 import { hydrationText } from "../state/sync";
 import { EditorPane } from "./EditorPane";
@@ -32,7 +32,12 @@ export function IdePage({ id }: { id: string }) {
       if (session.unsavedCount() > 0) e.preventDefault();
     };
     addEventListener("beforeunload", beforeUnload);
+    setLeaveGuard(() => {
+      const n = session.unsavedCount();
+      return n ? `${n} file${n === 1 ? " has" : "s have"} unsaved changes. Leave and lose them?` : null;
+    });
     return () => {
+      setLeaveGuard(null);
       removeEventListener("beforeunload", beforeUnload);
       session.close();
     };
@@ -48,7 +53,7 @@ export function IdePage({ id }: { id: string }) {
         // Monaco has its own binding; this covers focus outside the editor.
         e.preventDefault();
         if (session.active) session.save(session.active).catch((x) => toast(errorText(x), "error"));
-      } else if (mod && e.shiftKey && e.key === "`") {
+      } else if (mod && e.shiftKey && e.code === "Backquote") {
         e.preventDefault();
         session.newTerminal().catch((x) => toast(errorText(x), "error"));
       }
@@ -103,8 +108,8 @@ function StartingView({ session }: { session: IdeSession }) {
   const ws = session.workspace;
   const h = session.status?.hydration ?? ws?.hydration ?? null;
   let text: string;
-  if (session.conn === "stopped") text = "The workspace is stopped.";
-  else if (ws?.state === "failed") text = `The workspace failed: ${ws.reason ?? "unknown reason"}`;
+  if (ws?.state === "failed") text = `The workspace failed: ${ws.reason ?? "unknown reason"}`;
+  else if (session.conn === "stopped") text = "The workspace is stopped.";
   else if (!ws) text = "Starting the workspace…";
   else if (session.conn !== "open") text = ws.state === "ready" ? "Connecting to the workspace…" : "Starting the workspace…";
   else text = hydrationText(h);
@@ -147,8 +152,8 @@ function ConnectionBanner({ session }: { session: IdeSession }) {
     msg = `The workspace stopped.${keep}`;
     action = <button class="primary" onClick={() => session.restart().catch((e) => toast(errorText(e), "error"))}>Start again</button>;
   } else if (c === "superseded") {
-    msg = "This project was opened in a newer workspace; this one can no longer save. Reload to continue there.";
-    action = <button onClick={() => location.reload()}>Reload</button>;
+    msg = `This project now runs in a newer workspace; this one can no longer save.${keep}`;
+    action = <button class="primary" onClick={() => session.client.retryNow()}>Connect to the current workspace</button>;
   } else {
     msg = "Cove was updated. Reload the page to continue.";
     action = <button onClick={() => location.reload()}>Reload</button>;

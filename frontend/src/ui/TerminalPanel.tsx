@@ -22,6 +22,16 @@ export function TerminalPanel({ session }: { session: IdeSession }) {
             class={`tab${t.id === session.activeTerminal ? " active" : ""}${t.state === "exited" ? " exited" : ""}`}
             data-testid="term-tab"
             data-terminal-id={t.id}
+            role="tab"
+            aria-selected={t.id === session.activeTerminal}
+            tabIndex={0}
+            onKeyDown={(e) => {
+              if (e.key === "Enter" || e.key === " ") {
+                e.preventDefault();
+                session.activeTerminal = t.id;
+                session.emit();
+              }
+            }}
             title={t.title || t.command.join(" ")}
             onClick={() => {
               session.activeTerminal = t.id;
@@ -60,6 +70,7 @@ function TerminalView({ session, info, visible }: { session: IdeSession; info: T
   const host = useRef<HTMLDivElement>(null);
   const term = useRef<Terminal | null>(null);
   const fit = useRef<FitAddon | null>(null);
+  const refitRef = useRef<(() => void) | null>(null);
   const id = info.id;
 
   useEffect(() => {
@@ -104,12 +115,15 @@ function TerminalView({ session, info, visible }: { session: IdeSession; info: T
     t.attachCustomKeyEventHandler((e) => {
       if (e.type !== "keydown") return true;
       const mod = e.ctrlKey || e.metaKey;
-      if (mod && (e.key === "c" || e.key === "C") && t.hasSelection() && (e.shiftKey || e.key === "c")) {
+      if (mod && (e.key === "c" || e.key === "C") && t.hasSelection()) {
+        e.preventDefault();
         void navigator.clipboard?.writeText(t.getSelection());
         t.clearSelection();
         return false;
       }
       if (mod && e.shiftKey && (e.key === "V" || e.key === "v")) {
+        // preventDefault: the browser's own paste would insert it a second time.
+        e.preventDefault();
         navigator.clipboard?.readText().then((s) => s && t.paste(s), () => {});
         return false;
       }
@@ -120,12 +134,16 @@ function TerminalView({ session, info, visible }: { session: IdeSession; info: T
 
     const view = {
       sink: {
-        reset: () => t.reset(),
+        // RIS through the write queue: older output still queued must not
+        // be drawn over the fresh screen a snapshot expects (§6.5).
+        reset: () => t.write("\x1bc"),
         write: (data: Uint8Array, done: () => void) => t.write(data, done),
       },
       resize: (cols: number, rows: number) => {
         if (t.cols !== cols || t.rows !== rows) t.resize(cols, rows);
       },
+      // After an attach the server's size wins; the visible view asks for its pane's again (§6.2).
+      refit: () => refitRef.current?.(),
     };
     const unregister = session.adoptView(id, view);
     (window as unknown as { __coveTerms?: Map<number, Terminal> }).__coveTerms ??= new Map();
@@ -152,6 +170,7 @@ function TerminalView({ session, info, visible }: { session: IdeSession; info: T
       if (t.cols !== cols || t.rows !== rows) t.resize(cols, rows);
       session.resizeTerminal(id, cols, rows);
     };
+    refitRef.current = fitNow;
     let timer: ReturnType<typeof setTimeout> | null = null;
     const ro = new ResizeObserver(() => {
       if (timer) clearTimeout(timer);
@@ -161,6 +180,7 @@ function TerminalView({ session, info, visible }: { session: IdeSession; info: T
     fitNow();
     term.current?.focus();
     return () => {
+      refitRef.current = null;
       ro.disconnect();
       if (timer) clearTimeout(timer);
     };

@@ -38,18 +38,30 @@ export function Toasts() {
   );
 }
 
+// Open modals, innermost last: Escape closes only the innermost one.
+const modalStack: object[] = [];
+
 export function Modal(props: { title: string; onClose: () => void; children: ComponentChildren; testid?: string; wide?: boolean }) {
   const ref = useRef<HTMLDivElement>(null);
+  const onClose = useRef(props.onClose);
+  onClose.current = props.onClose;
   useEffect(() => {
+    const me = {};
+    modalStack.push(me);
+    const returnFocus = document.activeElement as HTMLElement | null;
     const key = (e: KeyboardEvent) => {
-      if (e.key === "Escape") {
+      if (e.key === "Escape" && modalStack[modalStack.length - 1] === me) {
         e.stopPropagation();
-        props.onClose();
+        onClose.current();
       }
     };
     addEventListener("keydown", key, true);
     ref.current?.querySelector<HTMLElement>("[autofocus], input, button.primary")?.focus();
-    return () => removeEventListener("keydown", key, true);
+    return () => {
+      modalStack.splice(modalStack.indexOf(me), 1);
+      removeEventListener("keydown", key, true);
+      returnFocus?.focus?.();
+    };
   }, []);
   return (
     <div class="modal-back" onMouseDown={(e) => e.target === e.currentTarget && props.onClose()}>
