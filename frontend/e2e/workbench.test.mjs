@@ -129,6 +129,7 @@ test("history: a past version of a file, restored into the open editor", async (
   await page.getByTestId("history-restore").click();
   await page.getByTestId("confirm-ok").click();
   await waitFor(async () => !(await model()).text.includes("second version"), "the editor to show the restored file");
+  await waitFor(async () => (await page.getByTestId("history").count()) === 0, "the history dialog to close");
 });
 
 test("a dropped connection comes back, with a banner, and keeps the unsaved buffer", async () => {
