@@ -161,6 +161,8 @@ test("a save over a change made underneath is a conflict, and overwrite resolves
   await page.getByTestId("conflict").waitFor();
   await page.getByTestId("conflict-compare").click();
   await page.getByTestId("conflict-diff").waitFor();
+  await page.waitForTimeout(300); // the diff editor lays out
+  await page.screenshot({ path: join(SHOTS, "conflict.png") });
   await page.getByTestId("conflict-overwrite").click();
   await waitFor(async () => (await page.getByTestId("conflict").count()) === 0, "the conflict dialog to close");
   await waitFor(async () => (await syncText()) === "Saved to cloud", '"Saved to cloud" after overwrite');

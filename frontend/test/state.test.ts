@@ -110,3 +110,13 @@ describe("quick open", () => {
     expect(fuzzyRank("zzz", ["index.js"])).toEqual([]);
   });
 });
+
+describe("history", () => {
+  it("hides cove-pty's own temp files in a commit's paths", async () => {
+    const { visiblePaths } = await import("../src/ui/HistoryDialog");
+    const c = { epoch: 2, seq: 11, time_ms: 0, files_changed: 2, paths: [".index.js.cove-tmp-259fc921b38a6061", "index.js"], paths_truncated: false, initial: false };
+    expect(visiblePaths(c)).toEqual({ paths: ["index.js"], count: 1 });
+    expect(visiblePaths({ ...c, paths: ["src/.a.cove-tmp-0123456789abcdef", "src/a"] }).paths).toEqual(["src/a"]);
+    expect(visiblePaths({ ...c, paths: ["notes.cove-tmp-x"] }).paths).toEqual(["notes.cove-tmp-x"]);
+  });
+});

@@ -6,6 +6,15 @@ import { api, type Commit, type FileVersion } from "../api";
 import type { IdeSession } from "../ide/session";
 import { ConfirmDialog, Modal, errorText, timeAgo, toast } from "./common";
 
+// cove-pty saves through `.<name>.cove-tmp-<16 hex>` renamed over the file
+// (protocol.md §9.4); a commit that holds both ends lists the temp name too.
+// It is an implementation detail, hidden as the change feed hides it.
+const OWN_TEMP = /(^|\/)\.[^/]*\.cove-tmp-[0-9a-f]{16}$/;
+export function visiblePaths(c: Commit): { paths: string[]; count: number } {
+  const paths = c.paths.filter((p) => !OWN_TEMP.test(p));
+  return { paths, count: c.paths_truncated ? c.files_changed : paths.length };
+}
+
 export function HistoryDialog({ session, path, onClose }: { session: IdeSession; path: string | null; onClose: () => void }) {
   const [commits, setCommits] = useState<Commit[]>([]);
   const [next, setNext] = useState<number | null | undefined>(undefined);
@@ -49,15 +58,18 @@ export function HistoryDialog({ session, path, onClose }: { session: IdeSession;
     <Modal title={path ? `History of ${path}` : "Project history"} onClose={onClose} testid="history" wide>
       <div class="history">
         <ul class="commits" data-testid="history-commits">
-          {commits.map((c) => (
-            <li key={`${c.epoch}.${c.seq}`} class={sel === c ? "selected" : ""} data-testid="history-commit" onClick={() => setSel(c)}>
-              <span class="when" title={new Date(c.time_ms).toLocaleString()}>{timeAgo(c.time_ms)}</span>
-              <span class="muted small">
-                {c.initial ? "created" : `${c.files_changed} change${c.files_changed === 1 ? "" : "s"}`} · {c.epoch}.{c.seq}
-              </span>
-              {!c.initial && <span class="paths small">{c.paths.slice(0, 3).join(", ")}{c.paths.length > 3 || c.paths_truncated ? ", …" : ""}</span>}
-            </li>
-          ))}
+          {commits.map((c) => {
+            const v = visiblePaths(c);
+            return (
+              <li key={`${c.epoch}.${c.seq}`} class={sel === c ? "selected" : ""} data-testid="history-commit" onClick={() => setSel(c)}>
+                <span class="when" title={new Date(c.time_ms).toLocaleString()}>{timeAgo(c.time_ms)}</span>
+                <span class="muted small">
+                  {c.initial ? "created" : `${v.count} change${v.count === 1 ? "" : "s"}`} · {c.epoch}.{c.seq}
+                </span>
+                {!c.initial && <span class="paths small">{v.paths.slice(0, 3).join(", ")}{v.paths.length > 3 || c.paths_truncated ? ", …" : ""}</span>}
+              </li>
+            );
+          })}
           {next === undefined && !error && <li class="muted">Loading…</li>}
           {next !== undefined && next !== null && (
             <li>
@@ -79,7 +91,7 @@ export function HistoryDialog({ session, path, onClose }: { session: IdeSession;
           )}
           {sel && !path && (
             <ul class="paths-list">
-              {sel.initial ? <li class="muted">The project as it was created.</li> : sel.paths.map((p) => <li key={p}>{p}</li>)}
+              {sel.initial ? <li class="muted">The project as it was created.</li> : visiblePaths(sel).paths.map((p) => <li key={p}>{p}</li>)}
               {sel.paths_truncated && <li class="muted">… and {sel.files_changed - sel.paths.length} more</li>}
             </ul>
           )}
