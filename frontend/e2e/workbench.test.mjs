@@ -158,6 +158,26 @@ test("a dropped connection comes back, with a banner, and keeps the unsaved buff
   assert.match(f.json.content, /not saved yet/);
 });
 
+test("an unsaved buffer survives a page reload (kept in this browser)", async () => {
+  await item("index.js").click();
+  await waitFor(async () => (await model()).path === "/index.js", "index.js in the editor");
+  await page.evaluate(() => window.__coveEditor.focus());
+  await page.keyboard.press("Control+End");
+  await page.keyboard.type("// survives a reload\n");
+  await page.waitForTimeout(500); // the stash is written 300 ms after the last change
+  page.once("dialog", (d) => d.accept()); // "leave the page?": yes
+  await page.reload();
+  await page.getByTestId("ide").waitFor({ timeout: 60_000 });
+  const tab = page.locator('[data-testid="tab"][data-path="index.js"]');
+  await waitFor(async () => (await tab.getAttribute("data-dirty")) === "true", "index.js back as unsaved");
+  await tab.click();
+  await waitFor(async () => (await model()).text?.includes("survives a reload"), "the unsaved text in the editor");
+  await page.evaluate(() => window.__coveEditor.focus());
+  await page.keyboard.press("Control+S");
+  await waitFor(async () => (await tab.getAttribute("data-dirty")) === "false", "saved");
+  await waitFor(async () => (await page.evaluate((id) => localStorage.getItem(`cove.unsaved.${id}`), id)) === null, "the stash emptied after the save");
+});
+
 test("no uncaught errors in the page", () => {
   assert.deepEqual(pageErrors, []);
 });

@@ -81,7 +81,11 @@ beforeEach(() => {
   const store = new Map<string, string>();
   vi.stubGlobal("WebSocket", Sock);
   vi.stubGlobal("document", { title: "" });
-  vi.stubGlobal("localStorage", { getItem: (k: string) => store.get(k) ?? null, setItem: (k: string, v: string) => store.set(k, v) });
+  vi.stubGlobal("localStorage", {
+    getItem: (k: string) => store.get(k) ?? null,
+    setItem: (k: string, v: string) => store.set(k, v),
+    removeItem: (k: string) => store.delete(k),
+  });
   vi.stubGlobal("fetch", async (url: string) => {
     const body = url.endsWith("/workspace/start") || url.endsWith("/workspace/token") || url.endsWith("/workspace") ? workspace : { id: "p", name: "P" };
     return { ok: true, status: 200, json: async () => body };
@@ -164,6 +168,36 @@ describe("IdeSession", () => {
     expect([...s.docs.keys()]).toEqual(["e/x.txt"]);
     expect(s.tabs).toEqual(["e/x.txt"]);
     expect(s.active).toBe("e/x.txt");
+  });
+
+  it("an unsaved buffer is stashed in the browser and comes back in the next page", async () => {
+    const s1 = await opened();
+    await s1.openFile("a.txt");
+    await until(() => s1.docs.get("a.txt")!.loaded);
+    s1.setText("a.txt", "one, unsaved");
+    s1.flushStash();
+    s1.close();
+    const s2 = await opened();
+    await until(() => s2.docs.get("a.txt")?.text === "one, unsaved");
+    expect(s2.docs.get("a.txt")!.changedOnDisk).toBe(false);
+    expect(s2.unsavedCount()).toBe(1);
+    // Saved: it leaves the stash.
+    await s2.save("a.txt");
+    s2.flushStash();
+    expect(localStorage.getItem("cove.unsaved.p")).toBeNull();
+  });
+
+  it("a stashed buffer whose file changed since is marked, so the save asks", async () => {
+    const s1 = await opened();
+    await s1.openFile("a.txt");
+    await until(() => s1.docs.get("a.txt")!.loaded);
+    s1.setText("a.txt", "mine");
+    s1.flushStash();
+    s1.close();
+    files["a.txt"] = { content: "theirs", version: "v2" };
+    const s2 = await opened();
+    await until(() => s2.docs.get("a.txt")?.text === "mine");
+    expect(s2.docs.get("a.txt")!.changedOnDisk).toBe(true);
   });
 
   it("a dropped connection keeps unsaved buffers and re-subscribes after the welcome", async () => {

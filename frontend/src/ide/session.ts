@@ -83,7 +83,10 @@ export class IdeSession {
   }
 
   emit(): void {
-    if (this.readyDone) this.saveTabs();
+    if (this.readyDone) {
+      this.saveTabs();
+      this.stashSoon();
+    }
     for (const f of this.listeners) f();
   }
 
@@ -101,6 +104,12 @@ export class IdeSession {
   }
 
   close(): void {
+    // The latest buffers go to the stash now; no timer of this page may
+    // write after the next page of the project has read it.
+    if (this.stashTimer) clearTimeout(this.stashTimer);
+    this.stashTimer = null;
+    this.flushStash();
+    this.stashRestored = false;
     this.client.close();
     if (this.relistTimer) clearTimeout(this.relistTimer);
   }
@@ -581,7 +590,7 @@ export class IdeSession {
         await this.client.request("fs.stat", { path: "README.md" });
         saved = { tabs: ["README.md"], active: "README.md" };
       } catch {
-        return;
+        saved = { tabs: [], active: null };
       }
     }
     for (const t of saved.tabs.slice(0, 20)) {
@@ -594,6 +603,7 @@ export class IdeSession {
       await this.openFile(t, true);
     }
     if (!this.personOpened && saved.active && this.docs.has(saved.active)) this.active = saved.active;
+    await this.restoreStash();
     this.emit();
   }
 
@@ -612,6 +622,72 @@ export class IdeSession {
     const was = isDirty(d);
     d.text = text;
     if (was !== isDirty(d)) this.emit();
+    else this.stashSoon();
+  }
+
+  // Hot exit: unsaved buffers are also kept in this browser's localStorage
+  // (debounced, up to 4 M characters), so a reload, a crashed tab or a
+  // closed window gets them back as unsaved tabs. Saved or closed buffers
+  // leave the stash.
+  private stashKey() {
+    return `cove.unsaved.${this.id}`;
+  }
+  private stashTimer: ReturnType<typeof setTimeout> | null = null;
+  private stashRestored = false;
+  private stashSoon() {
+    if (this.stashTimer || !this.stashRestored) return;
+    this.stashTimer = setTimeout(() => {
+      this.stashTimer = null;
+      this.flushStash();
+    }, 300);
+  }
+
+  flushStash(): void {
+    if (!this.stashRestored) return; // an old stash not read yet must not be overwritten
+    const out: Record<string, { text: string; base: string | null }> = {};
+    let chars = 0;
+    for (const d of this.docs.values()) {
+      if (!d.loaded || !isDirty(d)) continue;
+      chars += d.text.length;
+      if (chars > 4_000_000) break;
+      out[d.path] = { text: d.text, base: d.base };
+    }
+    try {
+      if (Object.keys(out).length) localStorage.setItem(this.stashKey(), JSON.stringify(out));
+      else localStorage.removeItem(this.stashKey());
+    } catch {
+      // storage full or disabled: the buffers are still in this page
+    }
+  }
+
+  /** Buffers left unsaved by an earlier page of this project, back as unsaved tabs. */
+  private async restoreStash() {
+    let stash: Record<string, { text: string; base: string | null }> = {};
+    try {
+      stash = JSON.parse(localStorage.getItem(this.stashKey()) ?? "{}") ?? {};
+    } catch {
+      stash = {};
+    }
+    this.stashRestored = true;
+    for (const [path, { text, base }] of Object.entries(stash)) {
+      if (typeof text !== "string") continue;
+      if (!this.docs.has(path)) {
+        try {
+          await this.client.request("fs.stat", { path });
+          await this.openFile(path, true);
+        } catch {
+          // Gone from the disk: keep the text; saving creates the file again.
+          this.docs.set(path, newDoc(path, { loaded: true, text, deletedOnDisk: base !== null }));
+          this.tabs = [...this.tabs, path];
+        }
+      }
+      const d = this.docs.get(path);
+      if (!d || d.kind !== "text" || !d.loaded || d.text !== d.saved) continue;
+      d.text = text;
+      if (base !== d.base && d.base !== null) d.changedOnDisk = true; // the next save asks
+      this.editorSetText(path, text);
+    }
+    this.emit();
   }
 
   savingCount(): number {

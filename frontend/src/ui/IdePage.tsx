@@ -29,12 +29,15 @@ export function IdePage({ id }: { id: string }) {
     void session.open();
     // Never lose an unsaved buffer to a closed tab either.
     const beforeUnload = (e: BeforeUnloadEvent) => {
+      session.flushStash();
       if (session.unsavedCount() > 0) e.preventDefault();
     };
     addEventListener("beforeunload", beforeUnload);
     setLeaveGuard(() => {
       const n = session.unsavedCount();
-      return n ? `${n} file${n === 1 ? " has" : "s have"} unsaved changes. Leave and lose them?` : null;
+      return n
+        ? `${n} file${n === 1 ? " has" : "s have"} unsaved changes. Leave anyway? They stay in this browser and come back, unsaved, when you open the project again.`
+        : null;
     });
     return () => {
       setLeaveGuard(null);
