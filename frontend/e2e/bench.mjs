@@ -37,9 +37,12 @@ try {
       return ed && ed.getModel()?.uri.path === "/index.js" && ed.hasTextFocus();
     }, null, { timeout: 60_000, polling: 10 });
     const ms = await page.evaluate(() => performance.now());
+    const marks = await page.evaluate(() => Object.fromEntries(performance.getEntriesByType("mark").map((m) => [m.name, m.startTime])));
+    parts.push({ welcome: marks["cove:welcome"], monaco: marks["cove:monaco"] });
     await ctx.close();
     return ms;
   }
+  const parts = [];
 
   await loadOnce(); // warm the OS caches and the workspace once
   const running = [];
@@ -50,6 +53,8 @@ try {
     stopped.push(await loadOnce());
   }
   console.log(`first load to interactive editor, workspace running: ${fmt(running)}`);
+  const warm = parts.slice(1, 1 + runs);
+  console.log(`  of which: socket welcome at ${fmt(warm.map((p) => p.welcome))}; Monaco loaded at ${fmt(warm.map((p) => p.monaco))}`);
   console.log(`first load to interactive editor, workspace stopped (includes its start): ${fmt(stopped)}`);
 
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });

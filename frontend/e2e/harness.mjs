@@ -2,7 +2,7 @@
 // cove-pty, a directory store in a temp dir) and Debian's Chromium through
 // playwright-core. Used by the end-to-end tests and the frontend benchmark.
 import { spawn } from "node:child_process";
-import { mkdtempSync, openSync, readFileSync, rmSync, existsSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -29,15 +29,21 @@ export async function startCove() {
   for (const b of ["cove-controller", "cove-sync", "cove-pty"]) {
     if (!existsSync(join(BIN_DIR, b))) throw new Error(`${join(BIN_DIR, b)} is missing: run cargo build --release first`);
   }
-  if (!existsSync(join(FRONTEND, "dist", "index.html"))) throw new Error("frontend/dist is missing: run npm run build first");
+  const uiDir = process.env.COVE_UI_DIR ?? join(FRONTEND, "dist");
+  if (!existsSync(join(uiDir, "index.html"))) throw new Error(`${uiDir} is missing: run npm run build first`);
   const dir = mkdtempSync(join(tmpdir(), "cove-e2e-"));
   const port = await freePort();
   const log = join(dir, "controller.log");
+  const home = join(dir, "home");
+  mkdirSync(home);
   const fd = openSync(log, "w");
   const proc = spawn(
     join(BIN_DIR, "cove-controller"),
-    ["--port", String(port), "--data-dir", join(dir, "data"), "--templates", join(REPO, "templates"), "--ui-dir", join(FRONTEND, "dist"), "--bin-dir", BIN_DIR, "--idle-timeout-secs", "0"],
-    { cwd: dir, stdio: ["ignore", fd, fd], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "cove_controller=info" } },
+    ["--port", String(port), "--data-dir", join(dir, "data"), "--templates", join(REPO, "templates"), "--ui-dir", uiDir, "--bin-dir", BIN_DIR, "--idle-timeout-secs", "0"],
+    // A HOME of its own: the terminals' login shells must not run this
+    // machine's dotfiles (pyenv's rehash lock, left behind when a shell is
+    // killed mid-start, hangs every later `bash -l` for a minute).
+    { cwd: dir, stdio: ["ignore", fd, fd], env: { ...process.env, HOME: home, RUST_LOG: process.env.RUST_LOG ?? "cove_controller=info" } },
   );
   const base = `http://localhost:${port}`;
   const deadline = Date.now() + 30_000;

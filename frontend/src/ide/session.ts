@@ -159,6 +159,7 @@ export class IdeSession {
   // ---- welcome, events, frames ------------------------------------------
 
   private async onWelcome(terms: TerminalInfo[], restarted: boolean, status: Status) {
+    performance.mark("cove:welcome"); // for the load benchmark (benchmarks.md)
     this.status = status;
     // Saves answered on an older connection get no fs.durable here (§9.6);
     // a store that has caught up settles them.
@@ -313,7 +314,11 @@ export class IdeSession {
     if (q && s) for (const f of q) s.onFrame(f);
   }
 
-  async newTerminal(): Promise<void> {
+  /** The terminal the person just asked for: its view takes the keyboard once. */
+  focusTerminal: number | null = null;
+
+  /** `focus`: the person asked for it (button, shortcut); one the page opens by itself does not take the keyboard. */
+  async newTerminal(focus = false): Promise<void> {
     const n = this.terminals.length + 1;
     try {
       const r = await this.client.request<{ terminal: TerminalInfo; offset: number; responder: boolean }>("term.create", {
@@ -325,6 +330,7 @@ export class IdeSession {
       this.terminals = [...this.terminals.filter((t) => t.id !== r.terminal.id), r.terminal];
       this.responder.set(r.terminal.id, r.responder);
       this.activeTerminal = r.terminal.id;
+      if (focus) this.focusTerminal = r.terminal.id;
       this.createdHere.add(r.terminal.id);
       this.emit();
     } catch (e) {

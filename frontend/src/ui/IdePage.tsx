@@ -4,7 +4,7 @@ import { useEffect, useMemo, useReducer, useState } from "preact/hooks";
 import { navigate, setLeaveGuard } from "../main";
 import { IdeSession } from "../ide/session";
 import { hydrationText } from "../state/sync";
-import { EditorPane } from "./EditorPane";
+import { EditorPane, loadMonaco } from "./EditorPane";
 import { FileTree } from "./FileTree";
 import { TerminalPanel } from "./TerminalPanel";
 import { PreviewPane } from "./PreviewPane";
@@ -26,6 +26,9 @@ export function IdePage({ id }: { id: string }) {
   const [quickOpen, setQuickOpen] = useState(false);
 
   useEffect(() => {
+    // Monaco (3 MB) loads and compiles while the workspace starts and the
+    // socket says hello, not after: the editor is the page's longest pole.
+    void loadMonaco().catch(() => {});
     void session.open();
     // Never lose an unsaved buffer to a closed tab either.
     const beforeUnload = (e: BeforeUnloadEvent) => {
@@ -58,7 +61,7 @@ export function IdePage({ id }: { id: string }) {
         if (session.active) session.save(session.active).catch((x) => toast(errorText(x), "error"));
       } else if (mod && e.shiftKey && e.code === "Backquote") {
         e.preventDefault();
-        session.newTerminal().catch((x) => toast(errorText(x), "error"));
+        session.newTerminal(true).catch((x) => toast(errorText(x), "error"));
       }
     };
     addEventListener("keydown", key);

@@ -29,12 +29,14 @@ export function TerminalPanel({ session }: { session: IdeSession }) {
               if (e.key === "Enter" || e.key === " ") {
                 e.preventDefault();
                 session.activeTerminal = t.id;
+                session.focusTerminal = t.id;
                 session.emit();
               }
             }}
             title={t.title || t.command.join(" ")}
             onClick={() => {
               session.activeTerminal = t.id;
+              session.focusTerminal = t.id;
               session.emit();
             }}
           >
@@ -52,7 +54,7 @@ export function TerminalPanel({ session }: { session: IdeSession }) {
             </button>
           </div>
         ))}
-        <button class="icon" title="New terminal (Ctrl+Shift+`)" data-testid="new-terminal" onClick={() => session.newTerminal().catch((e) => toast(errorText(e), "error"))}>
+        <button class="icon" title="New terminal (Ctrl+Shift+`)" data-testid="new-terminal" onClick={() => session.newTerminal(true).catch((e) => toast(errorText(e), "error"))}>
           +
         </button>
       </div>
@@ -178,7 +180,13 @@ function TerminalView({ session, info, visible }: { session: IdeSession; info: T
     });
     ro.observe(host.current);
     fitNow();
-    term.current?.focus();
+    // Focus only when the person asked for this terminal: one created by
+    // the page itself (the first, or after a restart) must not take the
+    // keyboard from the editor.
+    if (session.focusTerminal === id) {
+      session.focusTerminal = null;
+      term.current?.focus();
+    }
     return () => {
       refitRef.current = null;
       ro.disconnect();
