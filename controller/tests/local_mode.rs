@@ -119,6 +119,12 @@ fn start_mode(mode: &str, extra: &[&str], env: &[(String, String)]) -> Controlle
         .unwrap()
         .port();
     let templates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
+    // A HOME of its own: the terminals' `bash -l` must not run this
+    // machine's dotfiles. pyenv's, for one, takes a lock file in
+    // `pyenv rehash` that a shell killed mid-start (every stop does that)
+    // leaves behind, and every later login shell then hangs for a minute.
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_cove-controller"))
         .args(["--port", &port.to_string(), "--mode", mode, "--data-dir"])
         .arg(dir.path())
@@ -127,6 +133,7 @@ fn start_mode(mode: &str, extra: &[&str], env: &[(String, String)]) -> Controlle
         .args(extra)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("NO_COLOR", "1")
+        .env("HOME", &home)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(dir.path().join("controller.log")).unwrap())
         .spawn()
