@@ -91,10 +91,17 @@ beforeEach(() => {
     return { ok: true, status: 200, json: async () => body };
   });
 });
-afterEach(() => vi.unstubAllGlobals());
+// Every session a test opens is closed after it: a live one's stash timer
+// would write into the next test's localStorage.
+const sessions: IdeSession[] = [];
+afterEach(() => {
+  for (const s of sessions.splice(0)) s.close();
+  vi.unstubAllGlobals();
+});
 
 async function opened() {
   const s = new IdeSession("p");
+  sessions.push(s);
   await s.open();
   await until(() => s.conn === "open");
   await until(() => s.tree.has(""));

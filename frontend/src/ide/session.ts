@@ -641,7 +641,7 @@ export class IdeSession {
   private stashTimer: ReturnType<typeof setTimeout> | null = null;
   private stashRestored = false;
   private stashSoon() {
-    if (this.stashTimer || !this.stashRestored) return;
+    if (this.stashTimer) return;
     this.stashTimer = setTimeout(() => {
       this.stashTimer = null;
       this.flushStash();
@@ -649,8 +649,16 @@ export class IdeSession {
   }
 
   flushStash(): void {
-    if (!this.stashRestored) return; // an old stash not read yet must not be overwritten
-    const out: Record<string, { text: string; base: string | null }> = {};
+    // Before this page has taken the old stash back, keep its entries: they
+    // are buffers of an earlier page that nobody has seen yet.
+    let out: Record<string, { text: string; base: string | null }> = {};
+    if (!this.stashRestored) {
+      try {
+        out = JSON.parse(localStorage.getItem(this.stashKey()) ?? "{}") ?? {};
+      } catch {
+        out = {};
+      }
+    }
     let chars = 0;
     for (const d of this.docs.values()) {
       if (!d.loaded || !isDirty(d)) continue;
