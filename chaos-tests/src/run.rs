@@ -435,6 +435,12 @@ pub async fn run(mut cfg: Config) -> Result<bool> {
         editor_versions: Default::default(),
         editor_recs: Default::default(),
     };
+    // The report of the cycles so far: every 10 cycles and at the end.
+    let summary_of = |cycles: &[Cycle], violations: &[Violation]| {
+        summarize(
+            &cfg, &started, t_start, &s3, &prefix, &proxy, cycles, violations,
+        )
+    };
     let mut cycles = Vec::new();
     let mut violations = Vec::new();
     let mut ws = Some(setup.start(&mount).await.context("first start")?);
@@ -458,16 +464,7 @@ pub async fn run(mut cfg: Config) -> Result<bool> {
                 violations.extend(v);
                 // A long run stopped by hand keeps its report.
                 if cycles.len() % 10 == 0 && (cycles.len() as u64) < cfg.cycles {
-                    let partial = summarize(
-                        &cfg,
-                        &started,
-                        t_start,
-                        &s3,
-                        &prefix,
-                        &proxy,
-                        &cycles,
-                        &violations,
-                    );
+                    let partial = summary_of(&cycles, &violations);
                     if let Err(e) = report::write(&cfg.out, &partial) {
                         tracing::warn!(error = %format!("{e:#}"), "writing the partial report");
                     }
@@ -495,16 +492,7 @@ pub async fn run(mut cfg: Config) -> Result<bool> {
             ));
         }
     }
-    let summary = summarize(
-        &cfg,
-        &started,
-        t_start,
-        &s3,
-        &prefix,
-        &proxy,
-        &cycles,
-        &violations,
-    );
+    let summary = summary_of(&cycles, &violations);
     report::write(&cfg.out, &summary)?;
     let line = report::closing_line(&summary);
     println!("{line}");

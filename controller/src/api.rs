@@ -560,21 +560,8 @@ async fn fallback(AxState(c): AxState<Shared>, req: Request) -> Response {
     {
         return ApiError::not_found().into_response();
     }
-    let name = |h: &str| -> String {
-        let h = h.to_ascii_lowercase();
-        match h.rsplit_once(':') {
-            // `[::1]:7070`; a bare `[::1]` has no port to remove.
-            Some((n, p)) if !p.ends_with(']') => n.to_string(),
-            _ => h,
-        }
-    };
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(name)
-        .unwrap_or_default();
-    if host == name(&c.host) {
+    let host = request_host(&req);
+    if host == host_name(&c.host) {
         return c.ui.serve(req.method(), req.uri(), req.headers()).await;
     }
     if host == "127.0.0.1" || host == "[::1]" {
@@ -721,7 +708,18 @@ enum Route {
     Unknown,
 }
 
-fn route(c: &Controller, req: &Request) -> Route {
+/// A host without its port: `[::1]:7070` and `[::1]` keep their brackets,
+/// `name:7070` loses the port.
+fn host_name(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, p)) if !p.ends_with(']') => h,
+        _ => host,
+    }
+}
+
+/// The request's host name, lowercased and without a port: `Host`, or the
+/// URI's authority (HTTP/2).
+fn request_host(req: &Request) -> String {
     let host = req
         .headers()
         .get(header::HOST)
@@ -730,11 +728,12 @@ fn route(c: &Controller, req: &Request) -> Route {
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default()
         .to_ascii_lowercase();
-    // `[::1]:7070` and `[::1]` keep their brackets; `name:7070` loses the port.
-    let name = match host.rsplit_once(':') {
-        Some((h, p)) if !p.ends_with(']') => h,
-        _ => host.as_str(),
-    };
+    host_name(&host).to_string()
+}
+
+fn route(c: &Controller, req: &Request) -> Route {
+    let host = request_host(req);
+    let name = host.as_str();
     if let Some(label) = name.strip_suffix(&format!(".ide.{}", c.domain)) {
         return Route::Ide(label.to_string());
     }
@@ -746,8 +745,7 @@ fn route(c: &Controller, req: &Request) -> Route {
         };
         return Route::App(id.to_string());
     }
-    let own = c.host.rsplit_once(':').map_or(c.host.as_str(), |(h, _)| h);
-    if name == own || name == c.domain || name == "127.0.0.1" || name == "[::1]" {
+    if name == host_name(&c.host) || name == c.domain || name == "127.0.0.1" || name == "[::1]" {
         return Route::Api;
     }
     Route::Unknown
