@@ -76,6 +76,13 @@ export async function startCove() {
   };
 }
 
+/** A screenshot into $COVE_SCREENSHOTS (default target/e2e-screenshots); the README's come from here. */
+export async function screenshot(page, name) {
+  const dir = process.env.COVE_SCREENSHOTS ?? join(REPO, "target", "e2e-screenshots");
+  mkdirSync(dir, { recursive: true });
+  await page.screenshot({ path: join(dir, name) });
+}
+
 export async function launchBrowser() {
   return chromium.launch({
     executablePath: CHROMIUM,

@@ -7,11 +7,8 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
-import { launchBrowser, REPO, startCove, terminalText, waitFor } from "./harness.mjs";
+import { launchBrowser, screenshot, startCove, terminalText, waitFor } from "./harness.mjs";
 
-const SHOTS = process.env.COVE_SCREENSHOTS ?? join(REPO, "target", "e2e-screenshots");
 let cove, browser, page;
 let projectId;
 const consoleErrors = [];
@@ -54,8 +51,7 @@ test("projects page: create a project from the node template", async () => {
   await page.getByTestId("new-project").click();
   await page.getByTestId("project-name").fill("Hello Node");
   await page.getByTestId("template-node").click();
-  mkdirSync(SHOTS, { recursive: true });
-  await page.screenshot({ path: join(SHOTS, "new-project.png") });
+  await screenshot(page, "new-project.png");
   await page.getByTestId("create-project").click();
   await page.waitForURL(/\/p\/hello-node-[a-z0-9]{6}$/);
   projectId = new URL(page.url()).pathname.split("/")[2];
@@ -110,7 +106,7 @@ test("run the app in the terminal and see it in the preview", async () => {
   await waitFor(async () => (await terminalText(page)).includes("listening on"), "the app's output in the terminal");
   const frame = page.frameLocator('[data-testid="preview-frame"]');
   await waitFor(async () => ((await frame.locator("body").textContent({ timeout: 2000 })) ?? "").includes("Hello from Node.js"), "the app in the preview", 30_000);
-  await page.screenshot({ path: join(SHOTS, "ide.png") });
+  await screenshot(page, "ide.png");
 });
 
 test("a file made in the terminal appears in the tree", async () => {
@@ -162,7 +158,7 @@ test("a save over a change made underneath is a conflict, and overwrite resolves
   await page.getByTestId("conflict-compare").click();
   await page.getByTestId("conflict-diff").waitFor();
   await page.waitForTimeout(300); // the diff editor lays out
-  await page.screenshot({ path: join(SHOTS, "conflict.png") });
+  await screenshot(page, "conflict.png");
   await page.getByTestId("conflict-overwrite").click();
   await waitFor(async () => (await page.getByTestId("conflict").count()) === 0, "the conflict dialog to close");
   await waitFor(async () => (await syncText()) === "Saved to cloud", '"Saved to cloud" after overwrite');
@@ -179,7 +175,7 @@ test("the projects page shows the project running, opened just now", async () =>
   await row.waitFor();
   assert.equal(await row.getByTestId("project-state").textContent(), "Running");
   assert.match(await row.textContent(), /node.*just now/);
-  await page.screenshot({ path: join(SHOTS, "projects.png") });
+  await screenshot(page, "projects.png");
 });
 
 test("no uncaught errors in the page", () => {

@@ -5,11 +5,8 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
-import { launchBrowser, REPO, startCove, terminalText, waitFor } from "./harness.mjs";
+import { launchBrowser, screenshot, startCove, terminalText, waitFor } from "./harness.mjs";
 
-const SHOTS = process.env.COVE_SCREENSHOTS ?? join(REPO, "target", "e2e-screenshots");
 
 let cove, browser, page, id;
 const pageErrors = [];
@@ -130,8 +127,7 @@ test("history: a past version of a file, restored into the open editor", async (
   await page.getByTestId("history-commit").last().click(); // the project as created
   await waitFor(async () => (await page.getByTestId("history-version").textContent()).includes("createServer"), "the old version");
   assert.doesNotMatch(await page.getByTestId("history-version").textContent(), /second version/);
-  mkdirSync(SHOTS, { recursive: true });
-  await page.screenshot({ path: join(SHOTS, "history.png") });
+  await screenshot(page, "history.png");
   await page.getByTestId("history-restore").click();
   await page.getByTestId("confirm-ok").click();
   await waitFor(async () => !(await model()).text.includes("second version"), "the editor to show the restored file");

@@ -69,6 +69,11 @@ export class ApiError extends Error {
   }
 }
 
+/** An error's text for people: the message of an Error, else the value. */
+export function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
 async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
   let res: Response;
   try {

@@ -7,7 +7,7 @@
 // the open files and re-attaches the terminals (a snapshot restores each
 // screen). Unsaved buffers live in this object, so no reconnect loses them.
 
-import { api, ApiError, type Workspace } from "../api";
+import { api, ApiError, errorText, type Workspace } from "../api";
 import { CoveClient, WorkspaceNotRunning, type ConnState } from "../protocol/client";
 import { ackFrame, inputFrame, type Frame } from "../protocol/frames";
 import { TerminalStream, type TermSink } from "../protocol/terminal";
@@ -96,7 +96,7 @@ export class IdeSession {
       this.projectName = p.name;
       document.title = `${p.name} · Cove`;
     } catch (e) {
-      this.startError = e instanceof ApiError && e.code === "not_found" ? "There is no such project." : errorOf(e);
+      this.startError = e instanceof ApiError && e.code === "not_found" ? "There is no such project." : errorText(e);
       this.emit();
       return;
     }
@@ -334,7 +334,7 @@ export class IdeSession {
       this.createdHere.add(r.terminal.id);
       this.emit();
     } catch (e) {
-      throw new Error(`Could not open a terminal: ${errorOf(e)}`);
+      throw new Error(`Could not open a terminal: ${errorText(e)}`);
     }
   }
   /** Terminals created by this page: already attached at offset 0, no snapshot comes. */
@@ -384,7 +384,7 @@ export class IdeSession {
       if (e instanceof ProtocolError && (e.code === "not_found" || e.code === "not_a_directory")) {
         this.forgetDir(dir);
       } else if (dir === "") {
-        this.treeError = errorOf(e);
+        this.treeError = errorText(e);
       }
     }
     this.emit();
@@ -564,7 +564,7 @@ export class IdeSession {
       } else if (e instanceof ProtocolError && e.code === "not_a_file") {
         Object.assign(doc, { kind: "binary", message: "This is not a regular file." });
       } else {
-        Object.assign(doc, { kind: "binary", message: `Could not open the file: ${errorOf(e)}` });
+        Object.assign(doc, { kind: "binary", message: `Could not open the file: ${errorText(e)}` });
       }
     }
     this.emit();
@@ -746,7 +746,7 @@ export class IdeSession {
         }
         this.conflict = { path, theirs, theirsVersion: cur };
       } else {
-        throw new Error(`Could not save ${path}: ${errorOf(e)}`);
+        throw new Error(`Could not save ${path}: ${errorText(e)}`);
       }
     } finally {
       d.saving = false;
@@ -829,8 +829,4 @@ function toBase64(bytes: Uint8Array): string {
   return btoa(bin);
 }
 
-export function errorOf(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
-}
 
-export { isDirty };

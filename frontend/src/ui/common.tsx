@@ -17,9 +17,8 @@ export function toast(text: string, tone: "info" | "error" = "info"): void {
   }, tone === "error" ? 8000 : 4000);
 }
 
-export function errorText(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
-}
+import { errorText } from "../api";
+export { errorText };
 
 export function Toasts() {
   const [list, setList] = useState<Toast[]>(toasts);
