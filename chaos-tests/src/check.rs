@@ -10,9 +10,10 @@
 //!   kill is the loss window (RPO).
 
 use crate::content::{self, State};
+use crate::ledger::{self, Ledger};
 use crate::manifest::{Op, Phase, Rec};
 use crate::report::Violation;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 
 #[derive(Debug, Default)]
@@ -65,24 +66,21 @@ fn fmt_state(s: &State) -> String {
 
 /// Checks the recovered workspace under `root` after the kill of `cycle`
 /// at `t_kill` (Unix ms).
-pub fn check(root: &Path, recs: &[Rec], cycle: u64, seed: u64, t_kill: u64) -> Outcome {
+pub fn check(root: &Path, l: &Ledger, cycle: u64, seed: u64, t_kill: u64) -> Outcome {
     let mut out = Outcome::default();
-    let mut by_path: BTreeMap<&str, Vec<&Rec>> = BTreeMap::new();
-    for r in recs {
-        by_path.entry(r.path.as_str()).or_default().push(r);
-    }
-    for (path, rs) in &by_path {
-        match rs[0].op {
-            Op::Write | Op::Replace | Op::Delete | Op::Save => {
-                check_file(root, path, rs, cycle, seed, t_kill, &mut out)
+    for (path, rs) in &l.paths {
+        let rs: Vec<&Rec> = rs.iter().collect();
+        match rs.first().map(|r| &r.op) {
+            Some(Op::Write | Op::Replace | Op::Delete | Op::Save) => {
+                check_file(root, path, &rs, cycle, seed, t_kill, &mut out)
             }
-            Op::Append => check_log(root, path, rs, cycle, seed, t_kill, &mut out),
+            Some(Op::Append) => check_log(root, path, &rs, cycle, seed, t_kill, &mut out),
             _ => {}
         }
     }
-    check_dirs(root, recs, cycle, seed, &mut out);
-    check_tars(root, recs, cycle, seed, &mut out);
-    check_git(root, recs, cycle, seed, &mut out);
+    check_dirs(root, &l.moves, cycle, seed, &mut out);
+    check_tars(root, l, cycle, seed, &mut out);
+    check_git(root, l.git.as_ref(), cycle, seed, &mut out);
     out
 }
 
@@ -238,8 +236,7 @@ fn check_log(
 
 /// The directory pair: exactly one name, its files intact, where the last
 /// acknowledged move put it (or a move begun since).
-fn check_dirs(root: &Path, recs: &[Rec], cycle: u64, seed: u64, out: &mut Outcome) {
-    let moves: Vec<&Rec> = recs.iter().filter(|r| r.op == Op::DirMove).collect();
+fn check_dirs(root: &Path, moves: &[Rec], cycle: u64, seed: u64, out: &mut Outcome) {
     if moves.is_empty() {
         return;
     }
@@ -298,82 +295,75 @@ fn check_dirs(root: &Path, recs: &[Rec], cycle: u64, seed: u64, out: &mut Outcom
     }
 }
 
-fn check_tars(root: &Path, recs: &[Rec], cycle: u64, seed: u64, out: &mut Outcome) {
-    let untar_begun: HashSet<&str> = recs
-        .iter()
-        .filter(|r| r.op == Op::Untar)
-        .map(|r| r.path.as_str())
-        .collect();
-    for r in recs {
-        if r.phase != Phase::Done {
-            continue;
-        }
-        match r.op {
-            Op::Tar if !untar_begun.contains(r.path.as_str()) => {
-                out.acked += 1;
-                let mut found = 0u64;
-                let mut bad = Vec::new();
-                for d in std::fs::read_dir(root.join(&r.path))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                {
-                    for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
-                        found += 1;
-                        let name = f.file_name().to_string_lossy().into_owned();
-                        let lineage = format!("tar-{name}");
-                        match std::fs::read(f.path()) {
-                            Ok(b) => {
-                                if let State::Torn(why) = content::parse(&b, &lineage) {
-                                    bad.push(format!("{name}: {why}"));
-                                }
-                            }
-                            Err(e) => bad.push(format!("{name}: {e}")),
+/// The tar tree last extracted (and not removed since) is whole; removed
+/// trees whose removal was fsync'd stay gone.
+fn check_tars(root: &Path, l: &Ledger, cycle: u64, seed: u64, out: &mut Outcome) {
+    let kept = |r: &&Rec| r.phase == Phase::Done && !l.removed.contains_key(&r.path);
+    for r in l.tars.iter().filter(kept) {
+        out.acked += 1;
+        let mut found = 0u64;
+        let mut bad = Vec::new();
+        for d in std::fs::read_dir(root.join(&r.path))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                found += 1;
+                let name = f.file_name().to_string_lossy().into_owned();
+                let lineage = format!("tar-{name}");
+                match std::fs::read(f.path()) {
+                    Ok(b) => {
+                        if let State::Torn(why) = content::parse(&b, &lineage) {
+                            bad.push(format!("{name}: {why}"));
                         }
                     }
-                }
-                if found != r.count {
-                    out.violation(
-                        cycle,
-                        seed,
-                        "lost_ack",
-                        &r.path,
-                        format!("{} files extracted and fsync'd, {found} found", r.count),
-                    );
-                }
-                if let Some(first) = bad.first() {
-                    out.violation(
-                        cycle,
-                        seed,
-                        "torn",
-                        &r.path,
-                        format!("{} damaged, first: {first}", bad.len()),
-                    );
+                    Err(e) => bad.push(format!("{name}: {e}")),
                 }
             }
-            Op::Untar => {
-                out.acked += 1;
-                if root.join(&r.path).exists() {
-                    out.violation(
-                        cycle,
-                        seed,
-                        "resurrected",
-                        &r.path,
-                        "removed and fsync'd, found again".into(),
-                    );
-                }
-            }
-            _ => {}
+        }
+        if found != r.count {
+            out.violation(
+                cycle,
+                seed,
+                "lost_ack",
+                &r.path,
+                format!("{} files extracted and fsync'd, {found} found", r.count),
+            );
+        }
+        if let Some(first) = bad.first() {
+            out.violation(
+                cycle,
+                seed,
+                "torn",
+                &r.path,
+                format!("{} damaged, first: {first}", bad.len()),
+            );
+        }
+    }
+    // One listing of w/ instead of a lookup per tree ever removed: the
+    // run removes thousands.
+    out.acked += l.removed.values().filter(|done| **done).count() as u64;
+    for e in std::fs::read_dir(root.join("w"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = format!("w/{}", e.file_name().to_string_lossy());
+        if ledger::tar_number(&path).is_some() && l.removed.get(&path) == Some(&true) {
+            out.violation(
+                cycle,
+                seed,
+                "resurrected",
+                &path,
+                "removed and fsync'd, found again".into(),
+            );
         }
     }
 }
 
-fn check_git(root: &Path, recs: &[Rec], cycle: u64, seed: u64, out: &mut Outcome) {
-    let Some(last) = recs
-        .iter()
-        .rev()
-        .find(|r| r.op == Op::Git && r.phase == Phase::Done)
-    else {
+fn check_git(root: &Path, last: Option<&Rec>, cycle: u64, seed: u64, out: &mut Outcome) {
+    let Some(last) = last else {
         return;
     };
     out.acked += 1;
@@ -399,6 +389,18 @@ fn check_git(root: &Path, recs: &[Rec], cycle: u64, seed: u64, out: &mut Outcome
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The checks' view of `recs`, through a manifest file as in a run.
+    fn check(root: &Path, recs: &[Rec], cycle: u64, seed: u64, t_kill: u64) -> Outcome {
+        let m = root.join("manifest.jsonl");
+        let _ = std::fs::remove_file(&m);
+        let mut w = crate::manifest::Writer::open(&m).unwrap();
+        for r in recs {
+            w.put(r).unwrap();
+        }
+        let l = Ledger::open(&m).unwrap();
+        super::check(root, &l, cycle, seed, t_kill)
+    }
 
     fn rec(op: Op, phase: Phase, path: &str, v: u64, sync: bool, cycle: u64) -> Rec {
         Rec {

@@ -4,7 +4,7 @@
 //! its result says `durable: true`, or when `fs.durable` follows.
 
 use crate::content;
-use crate::manifest::{now_ms, Op, Phase, Rec};
+use crate::manifest::{self, now_ms, Op, Phase, Rec};
 use crate::workspace::ORIGIN;
 use anyhow::{bail, Context, Result};
 use futures::{SinkExt, StreamExt};
@@ -80,20 +80,30 @@ pub async fn start_worker(ws: &mut Ws, command: Vec<String>) -> Result<()> {
     Ok(())
 }
 
-/// Saves until the connection dies (the kill), appending to `recs`.
-/// `next_version` persists across cycles so versions never repeat.
+/// Saves until the connection dies (the kill), recording each save in the
+/// manifest `recs` (shared with the worker, which appends to the same
+/// file). `next_version` persists across cycles so versions never repeat.
 pub async fn save_loop(
     mut ws: Ws,
     seed: u64,
     cycle: u64,
     next_version: Arc<Mutex<HashMap<String, u64>>>,
-    recs: Arc<Mutex<Vec<Rec>>>,
+    recs: Arc<Mutex<manifest::Writer>>,
 ) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut versions: HashMap<String, Value> = HashMap::new();
     // Saves waiting for `fs.durable`: request id -> (lineage, version).
     let mut pending: HashMap<u64, (String, u64)> = HashMap::new();
-    let push = |r: Rec| recs.lock().map(|mut v| v.push(r)).unwrap_or(());
+    let push = |r: Rec| {
+        // A save the manifest does not know of is never checked: say so.
+        if let Err(e) = recs
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))
+            .and_then(|mut w| w.put(&r))
+        {
+            tracing::error!(error = %e, "the editor could not record a save in the manifest");
+        }
+    };
     let rec = |phase, lineage: &str, v: u64, sync: bool| Rec {
         t: now_ms(),
         op: Op::Save,

@@ -4,6 +4,7 @@
 pub mod check;
 pub mod content;
 pub mod editor;
+pub mod ledger;
 pub mod manifest;
 pub mod proxy;
 pub mod report;

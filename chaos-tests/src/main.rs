@@ -1,7 +1,7 @@
 //! `cove-chaos run`: the harness (docs/durability.md). `cove-chaos worker`:
 //! the workload it starts inside each workspace's terminal.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +38,14 @@ enum Cmd {
         /// Length of the long store outage, seconds.
         #[arg(long, default_value_t = 20)]
         outage_secs: u64,
+        /// Workspaces killed at once (each its own project, proxy and
+        /// manifest). Default: 2 for ci, 4 for release.
+        #[arg(long)]
+        lanes: Option<u64>,
+        /// Go on with the stopped run in --out (its run.json decides the
+        /// seed, cycles and lanes; the report covers the whole run).
+        #[arg(long)]
+        resume: bool,
     },
     /// The workload inside a workspace (started by `run`).
     Worker {
@@ -45,6 +53,10 @@ enum Cmd {
         root: PathBuf,
         #[arg(long)]
         manifest: PathBuf,
+        /// Where the run got to (JSON, written by `run`): versions to
+        /// continue from.
+        #[arg(long)]
+        state: PathBuf,
         #[arg(long)]
         seed: u64,
         #[arg(long)]
@@ -76,6 +88,7 @@ fn real_main() -> Result<bool> {
         Cmd::Worker {
             root,
             manifest,
+            state,
             seed,
             cycle,
             tar,
@@ -91,7 +104,9 @@ fn real_main() -> Result<bool> {
                 nix::unistd::dup2_stderr(f)?;
             }
             let tar = tar.map(|t| (t, tar_files));
-            cove_chaos::worker::Worker::new(root, &manifest, seed, cycle, tar)?.run()
+            let state = serde_json::from_slice(&std::fs::read(&state)?)
+                .with_context(|| format!("reading {}", state.display()))?;
+            cove_chaos::worker::Worker::new(root, &manifest, state, seed, cycle, tar)?.run()
         }
         Cmd::Run {
             profile,
@@ -100,6 +115,8 @@ fn real_main() -> Result<bool> {
             out,
             bin_dir,
             outage_secs,
+            lanes,
+            resume,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -109,9 +126,9 @@ fn real_main() -> Result<bool> {
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
-            let default_cycles = match profile.as_str() {
-                "ci" => 100,
-                "release" => 10_000,
+            let (default_cycles, default_lanes) = match profile.as_str() {
+                "ci" => (100, 2),
+                "release" => (10_000, 4),
                 p => bail!("unknown profile {p:?}: ci or release"),
             };
             let seed = seed.unwrap_or_else(cove_chaos::manifest::now_ms);
@@ -130,10 +147,12 @@ fn real_main() -> Result<bool> {
                     );
                 }
             }
-            eprintln!(
-                "cove-chaos: profile {profile}, seed {seed}, report in {}",
-                out.display()
-            );
+            if !resume {
+                eprintln!(
+                    "cove-chaos: profile {profile}, seed {seed}, report in {}",
+                    out.display()
+                );
+            }
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(cove_chaos::run::run(cove_chaos::run::Config {
                 profile,
@@ -143,6 +162,8 @@ fn real_main() -> Result<bool> {
                 bin_dir,
                 outage: std::time::Duration::from_secs(outage_secs),
                 tar_files: 2000,
+                lanes: lanes.unwrap_or(default_lanes),
+                resume,
             }))
         }
     }

@@ -11,7 +11,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Violation {
     pub cycle: u64,
     pub seed: u64,    // the run's seed
@@ -32,9 +32,11 @@ impl Violation {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Cycle {
     pub n: u64,
+    #[serde(default)]
+    pub lane: u64, // which workspace of the run (lanes run at once)
     pub fault: String, // e.g. "kill during workload", "kill during hydration", "stale writer", ...
     pub kill_after_ms: u64, // workload time before the kill
     pub acked: u64,    // acknowledged writes checked this cycle
@@ -49,6 +51,7 @@ pub struct Cycle {
 pub struct Summary {
     pub profile: String,
     pub seed: u64,
+    pub lanes: u64, // workspaces killed at once, each its own project and fault proxy
     pub started: String, // human-readable UTC time
     pub duration_s: f64,
     pub mode: String,  // "fuse"
@@ -167,9 +170,10 @@ fn markdown(s: &Summary) -> String {
     let _ = writeln!(md, "```sh");
     let _ = writeln!(
         md,
-        "cove-chaos run --profile {} --seed {}",
+        "cove-chaos run --profile {} --seed {} --lanes {}",
         shell_word(&s.profile),
-        s.seed
+        s.seed,
+        s.lanes
     );
     let _ = writeln!(md, "```\n");
 
@@ -584,6 +588,7 @@ mod tests {
     fn cycle(n: u64, fault: &str, rpo: Option<u64>, recovery: u64, violations: u64) -> Cycle {
         Cycle {
             n,
+            lane: 0,
             fault: fault.to_string(),
             kill_after_ms: 1000 + n,
             acked: 10,
@@ -599,6 +604,7 @@ mod tests {
         Summary {
             profile: "ci".into(),
             seed: 42,
+            lanes: 1,
             started: "2025-01-02 03:04:05 UTC".into(),
             duration_s: 3725.4,
             mode: "fuse".into(),

@@ -1,16 +1,35 @@
-//! The kill cycles: workload, fault, kill, recovery with an empty cache,
-//! checks; then the report.
+//! The run: lanes of kill cycles (workload, fault, kill, recovery with an
+//! empty cache, checks), the record of finished cycles, resuming a stopped
+//! run, and the report.
+//!
+//! A lane is one workspace with its own project, fault proxy and manifest;
+//! lanes run at once on one Garage and take cycle numbers from one counter,
+//! so a cycle's choices (fault, delays, the workload's seed) depend only on
+//! the run's seed and its number, whichever lane runs it. On two cores,
+//! two or three lanes finish a 10,000-cycle release run in a fraction of
+//! the time one does: a cycle mostly waits (for the kill, for the store).
+//!
+//! Every finished cycle is appended to `cycles.jsonl`, and `run.json`
+//! holds what the run was started with, so a run whose harness was killed
+//! (or stopped with SIGINT/SIGTERM) goes on with `--resume`: each lane
+//! kills what the dead harness left running, recovers its workspace from
+//! the store with an empty cache and checks it against its whole manifest
+//! (a kill at an unknown moment, so no RPO) before the cycles go on.
 
 use crate::check;
 use crate::editor;
-use crate::manifest::{self, now_ms, Rec};
-use crate::proxy::{FaultProxy, Faults};
+use crate::ledger::Ledger;
+use crate::manifest::{self, now_ms};
+use crate::proxy::{FaultProxy, Faults, ProxyStats};
 use crate::report::{self, Cycle, Summary, Violation};
 use crate::workspace::{Setup, Workspace};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +43,10 @@ pub struct Config {
     pub outage: Duration,
     /// Files in the tar archive the workload extracts.
     pub tar_files: u64,
+    /// Workspaces killed at once.
+    pub lanes: u64,
+    /// Go on with the run in `out` (its run.json decides everything else).
+    pub resume: bool,
 }
 
 /// Where the S3 store is: Garage from the test command's environment.
@@ -135,18 +158,112 @@ impl Drop for Mounts {
     }
 }
 
-/// What every cycle uses.
-struct Ctx<'a> {
-    setup: &'a Setup,
-    proxy: &'a FaultProxy,
+/// What a run was started with (`run.json`); a resumed run reads it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunFile {
+    profile: String,
+    seed: u64,
+    cycles: u64,
+    lanes: u64,
+    tar_files: u64,
+    outage_secs: u64,
+    /// The store prefix: `s3://<bucket>/<prefix>`, projects `chaos-<lane>`.
+    prefix: String,
+    started_ms: u64,
+    /// Seconds the run was at work before this session of it.
+    elapsed_s: f64,
+    resumes: u64,
+}
+
+/// One line of `cycles.jsonl`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Line {
+    Cycle {
+        cycle: Cycle,
+        violations: Vec<Violation>,
+        /// What the lane's fault proxy did during the cycle.
+        proxy: Counters,
+    },
+    /// A lane's check after a resume. Its violations count; it is not a
+    /// cycle.
+    Resume {
+        lane: u64,
+        recovery_ms: u64,
+        acked: u64,
+        violations: Vec<Violation>,
+    },
+    /// The harness could not go on (or a final stop failed): a failure.
+    Error { violation: Violation },
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+struct Counters {
+    requests: u64,
+    errors_before: u64,
+    errors_after: u64,
+    dropped: u64,
+    refused: u64,
+}
+
+impl Counters {
+    fn of(s: &ProxyStats) -> Self {
+        Counters {
+            requests: s.requests,
+            errors_before: s.errors_before,
+            errors_after: s.errors_after,
+            dropped: s.dropped,
+            refused: s.refused,
+        }
+    }
+
+    fn since(self, before: Counters) -> Self {
+        Counters {
+            requests: self.requests - before.requests,
+            errors_before: self.errors_before - before.errors_before,
+            errors_after: self.errors_after - before.errors_after,
+            dropped: self.dropped - before.dropped,
+            refused: self.refused - before.refused,
+        }
+    }
+
+    fn add(&mut self, o: Counters) {
+        self.requests += o.requests;
+        self.errors_before += o.errors_before;
+        self.errors_after += o.errors_after;
+        self.dropped += o.dropped;
+        self.refused += o.refused;
+    }
+}
+
+/// What all lanes share.
+struct Shared {
+    cfg: RunFile,
+    out: PathBuf,
+    tarball: PathBuf,
+    me: PathBuf,
+    outage: Duration,
+    /// The next cycle number.
+    next_n: AtomicU64,
+    /// Cycles still to start.
+    to_start: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// One workspace of the run and what its cycles use.
+struct Lane {
+    i: u64,
+    setup: Setup,
+    proxy: FaultProxy,
     mount: PathBuf,
     intruder_mount: PathBuf,
     manifest: PathBuf,
+    state_file: PathBuf,
     worker_log: PathBuf,
-    tarball: PathBuf,
-    me: PathBuf,
+    ledger: Ledger,
+    editor_log: Arc<Mutex<manifest::Writer>>,
     editor_versions: Arc<Mutex<HashMap<String, u64>>>,
-    editor_recs: Arc<Mutex<Vec<Rec>>>,
+    ws: Option<Workspace>,
 }
 
 /// Bounds an await that must not hang a CI run.
@@ -161,49 +278,83 @@ async fn within<T>(
 }
 
 /// The length of the manifest file (the worker appends to it).
-fn manifest_len(p: &std::path::Path) -> u64 {
+fn manifest_len(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
-/// One kill cycle on the running workspace `ws`, which it replaces with the
-/// recovered one.
-async fn cycle(
-    ctx: &Ctx<'_>,
-    cfg: &Config,
-    n: u64,
-    rng: &mut rand::rngs::StdRng,
-    ws: &mut Option<Workspace>,
-) -> Result<(Cycle, Vec<Violation>)> {
-    let setup = ctx.setup;
-    let fault = Fault::pick(n, rng);
+/// The random choices of cycle `n`: a function of the seed and `n` only.
+fn cycle_rng(seed: u64, n: u64) -> rand::rngs::StdRng {
+    rand::rngs::StdRng::seed_from_u64(seed ^ n.wrapping_mul(0xa076_1d64_78bd_642f) ^ 0x5eed)
+}
+
+impl Lane {
+    /// Checks the recovered workspace against everything the lane's
+    /// manifest recorded, then forgets what later checks cannot need.
+    async fn check(&mut self, n: u64, seed: u64, t_kill: u64) -> Result<check::Outcome> {
+        self.ledger.refresh()?;
+        // Off the runtime's threads (the checks read thousands of files),
+        // so the ledger goes with them and comes back.
+        let ledger = std::mem::take(&mut self.ledger);
+        let m = self.mount.clone();
+        let (o, mut ledger) = within("the checks", Duration::from_secs(180), async move {
+            Ok(tokio::task::spawn_blocking(move || {
+                let o = check::check(&m, &ledger, n, seed, t_kill);
+                (o, ledger)
+            })
+            .await?)
+        })
+        .await?;
+        ledger.compact();
+        self.ledger = ledger;
+        Ok(o)
+    }
+
+    /// Where the next worker continues from.
+    fn write_state(&self) -> Result<()> {
+        let tmp = self.state_file.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(self.ledger.worker_state())?)?;
+        std::fs::rename(&tmp, &self.state_file)?;
+        Ok(())
+    }
+}
+
+/// One kill cycle on the lane's running workspace, which it replaces with
+/// the recovered one.
+async fn cycle(lane: &mut Lane, sh: &Shared, n: u64) -> Result<(Cycle, Vec<Violation>)> {
+    let seed = sh.cfg.seed;
+    let mut rng = cycle_rng(seed, n);
+    let fault = Fault::pick(n, &mut rng);
     let kill_after = Duration::from_millis(rng.random_range(300..2500));
-    let w = ws.as_ref().context("no workspace")?;
+    let w = lane.ws.as_ref().context("no workspace")?;
     // Workload: the worker in a terminal, the editor over the socket.
     let mut sock = within(
         "connecting",
         Duration::from_secs(20),
-        editor::connect(&w.ide, &setup.token()),
+        editor::connect(&w.ide, &lane.setup.token()),
     )
     .await?;
-    let worker_seed = cfg.seed ^ (n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let before = manifest_len(&ctx.manifest);
+    let worker_seed = seed ^ (n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    lane.write_state()?;
+    let before = manifest_len(&lane.manifest);
     let command = vec![
-        ctx.me.display().to_string(),
+        sh.me.display().to_string(),
         "worker".into(),
         "--root".into(),
-        ctx.mount.display().to_string(),
+        lane.mount.display().to_string(),
         "--manifest".into(),
-        ctx.manifest.display().to_string(),
+        lane.manifest.display().to_string(),
+        "--state".into(),
+        lane.state_file.display().to_string(),
         "--seed".into(),
         worker_seed.to_string(),
         "--cycle".into(),
         n.to_string(),
         "--tar".into(),
-        ctx.tarball.display().to_string(),
+        sh.tarball.display().to_string(),
         "--tar-files".into(),
-        cfg.tar_files.to_string(),
+        sh.cfg.tar_files.to_string(),
         "--log".into(),
-        ctx.worker_log.display().to_string(),
+        lane.worker_log.display().to_string(),
     ];
     within(
         "starting the worker",
@@ -215,27 +366,28 @@ async fn cycle(
         sock,
         worker_seed.rotate_left(17),
         n,
-        ctx.editor_versions.clone(),
-        ctx.editor_recs.clone(),
+        lane.editor_versions.clone(),
+        lane.editor_log.clone(),
     ));
     // The kill clock starts when the worker is at work (its first record),
     // so no cycle is spent on start-up alone.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while manifest_len(&ctx.manifest) == before {
+    while manifest_len(&lane.manifest) == before {
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the worker wrote nothing within 30 s (see logs/worker.log)"
+            "the worker wrote nothing within 30 s (see {})",
+            lane.worker_log.display()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    ctx.proxy.set(fault.faults());
+    lane.proxy.set(fault.faults());
     let wait = if fault == Fault::Outage {
         // The outage, then the store back and the work going on (fsyncs
         // held during the outage now complete), then the kill.
-        tokio::time::sleep(cfg.outage).await;
-        ctx.proxy.set(Faults::default());
+        tokio::time::sleep(sh.outage).await;
+        lane.proxy.set(Faults::default());
         tokio::time::sleep(Duration::from_secs(3)).await;
-        cfg.outage + Duration::from_secs(3)
+        sh.outage + Duration::from_secs(3)
     } else {
         tokio::time::sleep(kill_after).await;
         kill_after
@@ -243,7 +395,7 @@ async fn cycle(
 
     // The fault, ending in the kill.
     let mut intruder = None;
-    let w = ws.take().context("no workspace")?;
+    let w = lane.ws.take().context("no workspace")?;
     match fault {
         Fault::KillDuringStop => {
             let grace = Duration::from_millis(rng.random_range(0..400));
@@ -256,7 +408,7 @@ async fn cycle(
             let i = within(
                 "the intruder's start",
                 Duration::from_secs(120),
-                setup.sidecar(&ctx.intruder_mount, "intruder", true),
+                lane.setup.sidecar(&lane.intruder_mount, "intruder", true),
             )
             .await;
             tokio::time::sleep(Duration::from_millis(700)).await;
@@ -267,7 +419,7 @@ async fn cycle(
     }
     let t_kill = now_ms();
     let killed = Instant::now();
-    ctx.proxy.set(Faults::default());
+    lane.proxy.set(Faults::default());
     editor.abort();
     let _ = editor.await;
     if let Some(i) = intruder {
@@ -277,14 +429,14 @@ async fn cycle(
     // Recovery, with an empty cache.
     let mut violations = Vec::new();
     if fault == Fault::KillDuringHydration {
-        let s = setup.sidecar(&ctx.mount, "hydrating", false).await?;
+        let s = lane.setup.sidecar(&lane.mount, "hydrating", false).await?;
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
         s.kill().await;
     }
     let recovered = match within(
         "recovery",
         Duration::from_secs(180),
-        setup.start(&ctx.mount),
+        lane.setup.start(&lane.mount),
     )
     .await
     {
@@ -294,7 +446,7 @@ async fn cycle(
             // tells whether the damage is lasting.
             violations.push(Violation::new(
                 n,
-                cfg.seed,
+                seed,
                 "recovery_failed",
                 "",
                 format!("{e:#}"),
@@ -302,32 +454,21 @@ async fn cycle(
             within(
                 "recovery, second try",
                 Duration::from_secs(180),
-                setup.start(&ctx.mount),
+                lane.setup.start(&lane.mount),
             )
             .await?
         }
     };
     let recovery_ms = killed.elapsed().as_millis() as u64;
-    *ws = Some(recovered);
+    lane.ws = Some(recovered);
 
     // Checks, against everything ever recorded.
-    let mut recs = manifest::read(&ctx.manifest)?;
-    recs.extend(
-        ctx.editor_recs
-            .lock()
-            .map(|v| v.clone())
-            .unwrap_or_default(),
-    );
-    let m = ctx.mount.clone();
-    let seed = cfg.seed;
-    let o = within("the checks", Duration::from_secs(120), async move {
-        Ok(tokio::task::spawn_blocking(move || check::check(&m, &recs, n, seed, t_kill)).await?)
-    })
-    .await?;
+    let o = lane.check(n, seed, t_kill).await?;
     violations.extend(o.violations);
     let c = Cycle {
         n,
-        fault: fault.name(cfg.outage),
+        lane: lane.i,
+        fault: fault.name(sh.outage),
         kill_after_ms: wait.as_millis() as u64,
         acked: o.acked,
         unsynced: o.unsynced,
@@ -339,51 +480,239 @@ async fn cycle(
     Ok((c, violations))
 }
 
-/// The run so far, as the report shows it.
-#[allow(clippy::too_many_arguments)]
-fn summarize(
-    cfg: &Config,
-    started: &str,
-    t_start: Instant,
-    s3: &S3,
-    prefix: &str,
-    proxy: &FaultProxy,
-    cycles: &[Cycle],
-    violations: &[Violation],
-) -> Summary {
-    let st = proxy.stats();
+/// Starts the lane's workspace. After a resume, it first kills what the
+/// dead harness left, and checks the recovered workspace.
+async fn start_lane(lane: &mut Lane, sh: &Shared, resumed: bool) -> Result<Option<Line>> {
+    if !resumed {
+        lane.ws = Some(lane.setup.start(&lane.mount).await.context("first start")?);
+        return Ok(None);
+    }
+    let killed = lane.setup.kill_leftovers(&lane.manifest);
+    if killed > 0 {
+        tracing::info!(
+            lane = lane.i,
+            killed,
+            "killed what the stopped harness left running"
+        );
+    }
+    let t0 = Instant::now();
+    lane.ws = Some(
+        within(
+            "recovery after the resume",
+            Duration::from_secs(180),
+            lane.setup.start(&lane.mount),
+        )
+        .await?,
+    );
+    let recovery_ms = t0.elapsed().as_millis() as u64;
+    let n = lane.ledger.max_cycle.unwrap_or(0);
+    let t_kill = lane.ledger.last_t;
+    let o = lane.check(n, sh.cfg.seed, t_kill).await?;
+    Ok(Some(Line::Resume {
+        lane: lane.i,
+        recovery_ms,
+        acked: o.acked,
+        violations: o.violations,
+    }))
+}
+
+async fn lane_loop(
+    mut lane: Lane,
+    sh: Arc<Shared>,
+    resumed: bool,
+    tx: tokio::sync::mpsc::UnboundedSender<Line>,
+) {
+    match start_lane(&mut lane, &sh, resumed).await {
+        Ok(Some(l)) => {
+            let _ = tx.send(l);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            let _ = tx.send(Line::Error {
+                violation: Violation::new(
+                    lane.ledger.max_cycle.unwrap_or(0),
+                    sh.cfg.seed,
+                    "harness_error",
+                    "",
+                    format!("lane {}: {e:#}", lane.i),
+                ),
+            });
+            sh.stop.store(true, Ordering::SeqCst);
+            return;
+        }
+    }
+    while !sh.stop.load(Ordering::SeqCst)
+        && sh
+            .to_start
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1))
+            .is_ok()
+    {
+        let n = sh.next_n.fetch_add(1, Ordering::SeqCst);
+        let before = Counters::of(&lane.proxy.stats());
+        match cycle(&mut lane, &sh, n).await {
+            Ok((cycle, violations)) => {
+                let proxy = Counters::of(&lane.proxy.stats()).since(before);
+                let _ = tx.send(Line::Cycle {
+                    cycle,
+                    violations,
+                    proxy,
+                });
+            }
+            Err(e) => {
+                // The harness could not go on (a workspace that does not
+                // come back, a hang): that is a failure too, and the
+                // report of the cycles so far is still written.
+                let _ = tx.send(Line::Error {
+                    violation: Violation::new(
+                        n,
+                        sh.cfg.seed,
+                        "harness_error",
+                        "",
+                        format!("lane {}: {e:#}", lane.i),
+                    ),
+                });
+                sh.stop.store(true, Ordering::SeqCst);
+                break;
+            }
+        }
+    }
+    if let Some(w) = lane.ws.take() {
+        if let Err(e) = within("the final stop", Duration::from_secs(120), w.stop()).await {
+            let _ = tx.send(Line::Error {
+                violation: Violation::new(
+                    sh.next_n.load(Ordering::SeqCst),
+                    sh.cfg.seed,
+                    "final_stop",
+                    "",
+                    format!("lane {}: {e:#}", lane.i),
+                ),
+            });
+        }
+    }
+}
+
+/// Everything `cycles.jsonl` holds, added up.
+#[derive(Default)]
+struct Tally {
+    cycles: Vec<Cycle>,
+    violations: Vec<Violation>,
+    proxy: Counters,
+    resume_checks: u64,
+    resume_acked: u64,
+}
+
+impl Tally {
+    fn add(&mut self, l: Line) {
+        match l {
+            Line::Cycle {
+                cycle,
+                violations,
+                proxy,
+            } => {
+                self.cycles.push(cycle);
+                self.violations.extend(violations);
+                self.proxy.add(proxy);
+            }
+            Line::Resume {
+                acked, violations, ..
+            } => {
+                self.resume_checks += 1;
+                self.resume_acked += acked;
+                self.violations.extend(violations);
+            }
+            Line::Error { violation } => self.violations.push(violation),
+        }
+    }
+
+    fn read(path: &Path) -> Result<Tally> {
+        let mut t = Tally::default();
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        // A last line cut by a kill is dropped: that cycle runs again.
+        for l in text.lines() {
+            if let Ok(l) = serde_json::from_str(l) {
+                t.add(l);
+            }
+        }
+        Ok(t)
+    }
+}
+
+fn summarize(rf: &RunFile, sh_elapsed: f64, s3: &S3, t: &Tally) -> Summary {
     let mut notes = vec![
         "Every kill is a SIGKILL of the sidecar, cove-pty and every process in the workspace at once (stopped first, so none forks or writes in between); every recovery starts a new sidecar with an empty cache that hydrates from the store.".to_string(),
         "Commits are debounced 100 ms and a checkpoint is written every 8 commits, so random kill times fall during commits and checkpoints.".into(),
         "Cluster mode (pod deletion through the Kubernetes API): there is no cluster runtime yet; not run.".into(),
     ];
-    if (cycles.len() as u64) < cfg.cycles {
+    if rf.lanes > 1 {
         notes.push(format!(
-            "Partial: {} of {} cycles so far (the report is rewritten every 10 cycles).",
-            cycles.len(),
-            cfg.cycles
+            "{} lanes: that many workspaces (projects chaos-0 … chaos-{}), each with its own fault proxy and manifest, killed independently on the same Garage.",
+            rf.lanes,
+            rf.lanes - 1
         ));
     }
+    if rf.resumes > 0 {
+        notes.push(format!(
+            "Resumed {} time(s): the harness was stopped and started again with --resume. Each time, every lane's workspace was recovered from the store with an empty cache and checked against its whole manifest ({} checks, {} acknowledged writes checked) before the cycles went on.",
+            rf.resumes, t.resume_checks, t.resume_acked
+        ));
+    }
+    if (t.cycles.len() as u64) < rf.cycles {
+        notes.push(format!(
+            "Partial: {} of {} cycles so far (the report is rewritten every 10 cycles; `--resume` goes on).",
+            t.cycles.len(),
+            rf.cycles
+        ));
+    }
+    let mut cycles = t.cycles.clone();
+    cycles.sort_by_key(|c| c.n);
     Summary {
-        profile: cfg.profile.clone(),
-        seed: cfg.seed,
-        started: started.to_string(),
-        duration_s: t_start.elapsed().as_secs_f64(),
+        profile: rf.profile.clone(),
+        seed: rf.seed,
+        lanes: rf.lanes,
+        started: format!("{} (Unix ms)", rf.started_ms),
+        duration_s: rf.elapsed_s + sh_elapsed,
         mode: "fuse".into(),
         store: format!(
-            "Garage at {} through the fault proxy, s3://{}/{prefix}",
-            s3.endpoint, s3.bucket
+            "Garage at {} through a fault proxy per lane, s3://{}/{}",
+            s3.endpoint, s3.bucket, rf.prefix
         ),
-        cycles: cycles.to_vec(),
-        violations: violations.to_vec(),
+        cycles,
+        violations: t.violations.clone(),
         proxy: vec![
-            ("requests".into(), st.requests),
-            ("503 before forwarding".into(), st.errors_before),
-            ("500 after forwarding".into(), st.errors_after),
-            ("dropped after forwarding".into(), st.dropped),
-            ("refused (outage)".into(), st.refused),
+            ("requests".into(), t.proxy.requests),
+            ("503 before forwarding".into(), t.proxy.errors_before),
+            ("500 after forwarding".into(), t.proxy.errors_after),
+            ("dropped after forwarding".into(), t.proxy.dropped),
+            ("refused (outage)".into(), t.proxy.refused),
         ],
         notes,
+    }
+}
+
+fn write_run_file(out: &Path, rf: &RunFile) -> Result<()> {
+    let tmp = out.join("run.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(rf)?)?;
+    std::fs::rename(&tmp, out.join("run.json"))?;
+    Ok(())
+}
+
+/// SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut i), Ok(mut t)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = i.recv() => {}
+        _ = t.recv() => {}
     }
 }
 
@@ -392,63 +721,165 @@ pub async fn run(mut cfg: Config) -> Result<bool> {
     cfg.out = std::path::absolute(&cfg.out)?;
     cfg.bin_dir = std::path::absolute(&cfg.bin_dir)?;
     let t_start = Instant::now();
-    let started = format!("{} (Unix ms)", now_ms());
     std::fs::create_dir_all(&cfg.out)?;
     let s3 = s3_from_env()?;
-    let proxy = FaultProxy::start(s3.endpoint, cfg.seed).await?;
-    let work = tempfile::Builder::new().prefix("cove-chaos-").tempdir()?;
-    let prefix = format!("chaos-{}-{}", cfg.seed, now_ms());
-    let setup = Setup {
-        bin_dir: cfg.bin_dir.clone(),
-        store_url: format!("s3://{}/{prefix}", s3.bucket),
-        env: vec![
-            (
-                "COVE_S3_ENDPOINT".into(),
-                format!("http://{}", proxy.addr()),
-            ),
-            ("COVE_S3_REGION".into(), s3.region.clone()),
-            ("COVE_S3_PATH_STYLE".into(), "true".into()),
-            ("AWS_ACCESS_KEY_ID".into(), s3.key.clone()),
-            ("AWS_SECRET_ACCESS_KEY".into(), s3.secret.clone()),
-        ],
-        project: "chaos".into(),
-        secret: format!("{:032x}", rand::random::<u128>()),
-        dir: cfg.out.join("logs"),
+    let cycles_path = cfg.out.join("cycles.jsonl");
+    let mut rf = if cfg.resume {
+        let p = cfg.out.join("run.json");
+        let mut rf: RunFile = serde_json::from_slice(
+            &std::fs::read(&p).with_context(|| format!("--resume: reading {}", p.display()))?,
+        )
+        .with_context(|| format!("--resume: {} is damaged", p.display()))?;
+        rf.resumes += 1;
+        rf
+    } else {
+        if cfg.lanes == 0 {
+            bail!("--lanes must be at least 1");
+        }
+        for stale in [
+            "run.json",
+            "cycles.jsonl",
+            "report.md",
+            "report.json",
+            "plot.png",
+        ] {
+            let _ = std::fs::remove_file(cfg.out.join(stale));
+        }
+        for i in 0..cfg.lanes.max(16) {
+            let _ = std::fs::remove_dir_all(cfg.out.join(format!("lane-{i}")));
+        }
+        RunFile {
+            profile: cfg.profile.clone(),
+            seed: cfg.seed,
+            cycles: cfg.cycles,
+            lanes: cfg.lanes,
+            tar_files: cfg.tar_files,
+            outage_secs: cfg.outage.as_secs(),
+            prefix: format!("chaos-{}-{}", cfg.seed, now_ms()),
+            started_ms: now_ms(),
+            elapsed_s: 0.0,
+            resumes: 0,
+        }
     };
-    std::fs::create_dir_all(&setup.dir)?;
-    let manifest_path = cfg.out.join("manifest.jsonl");
-    let _ = std::fs::remove_file(&manifest_path);
-    let tarball = crate::worker::make_tarball(work.path(), cfg.tar_files)?;
-    let mount = work.path().join("workspace");
-    let _mounts = Mounts(vec![mount.clone(), work.path().join("intruder")]);
+    write_run_file(&cfg.out, &rf)?;
+    let mut tally = Tally::read(&cycles_path)?;
+    let done = tally.cycles.len() as u64;
+    if cfg.resume {
+        eprintln!(
+            "cove-chaos: resuming seed {} after {done} of {} cycles ({} lanes)",
+            rf.seed, rf.cycles, rf.lanes
+        );
+    }
 
-    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
-    let ctx = Ctx {
-        setup: &setup,
-        proxy: &proxy,
-        mount: mount.clone(),
-        intruder_mount: work.path().join("intruder"),
-        manifest: manifest_path.clone(),
-        worker_log: cfg.out.join("logs/worker.log"),
+    let work = tempfile::Builder::new().prefix("cove-chaos-").tempdir()?;
+    let tarball = crate::worker::make_tarball(work.path(), rf.tar_files)?;
+    let secret = format!("{:032x}", rand::random::<u128>());
+    let mut lanes = Vec::new();
+    let mut mounts = Vec::new();
+    let mut max_n = tally.cycles.iter().map(|c| c.n + 1).max().unwrap_or(0);
+    for i in 0..rf.lanes {
+        let dir = cfg.out.join(format!("lane-{i}"));
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let proxy = FaultProxy::start(s3.endpoint, rf.seed ^ i ^ rf.resumes << 32).await?;
+        let setup = Setup {
+            bin_dir: cfg.bin_dir.clone(),
+            store_url: format!("s3://{}/{}", s3.bucket, rf.prefix),
+            env: vec![
+                (
+                    "COVE_S3_ENDPOINT".into(),
+                    format!("http://{}", proxy.addr()),
+                ),
+                ("COVE_S3_REGION".into(), s3.region.clone()),
+                ("COVE_S3_PATH_STYLE".into(), "true".into()),
+                ("AWS_ACCESS_KEY_ID".into(), s3.key.clone()),
+                ("AWS_SECRET_ACCESS_KEY".into(), s3.secret.clone()),
+            ],
+            project: format!("chaos-{i}"),
+            secret: secret.clone(),
+            dir: dir.join("logs"),
+            pids: dir.join("pids"),
+        };
+        let manifest = dir.join("manifest.jsonl");
+        let ledger = Ledger::open(&manifest)?;
+        max_n = max_n.max(ledger.max_cycle.map_or(0, |c| c + 1));
+        let editor_versions: HashMap<String, u64> = ledger
+            .worker_state()
+            .next
+            .iter()
+            .filter(|(k, _)| k.starts_with('e'))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let mount = work.path().join(format!("lane-{i}/workspace"));
+        let intruder_mount = work.path().join(format!("lane-{i}/intruder"));
+        mounts.push(mount.clone());
+        mounts.push(intruder_mount.clone());
+        lanes.push(Lane {
+            i,
+            setup,
+            proxy,
+            mount,
+            intruder_mount,
+            editor_log: Arc::new(Mutex::new(manifest::Writer::open(&manifest)?)),
+            state_file: dir.join("worker-state.json"),
+            worker_log: dir.join("logs/worker.log"),
+            manifest,
+            ledger,
+            editor_versions: Arc::new(Mutex::new(editor_versions)),
+            ws: None,
+        });
+    }
+    let _mounts = Mounts(mounts);
+    let sh = Arc::new(Shared {
+        out: cfg.out.clone(),
         tarball,
         me: std::env::current_exe()?,
-        editor_versions: Default::default(),
-        editor_recs: Default::default(),
-    };
-    // The report of the cycles so far: every 10 cycles and at the end.
-    let summary_of = |cycles: &[Cycle], violations: &[Violation]| {
-        summarize(
-            &cfg, &started, t_start, &s3, &prefix, &proxy, cycles, violations,
-        )
-    };
-    let mut cycles = Vec::new();
-    let mut violations = Vec::new();
-    let mut ws = Some(setup.start(&mount).await.context("first start")?);
-    for n in 0..cfg.cycles {
-        match cycle(&ctx, &cfg, n, &mut rng, &mut ws).await {
-            Ok((c, v)) => {
+        outage: Duration::from_secs(rf.outage_secs),
+        next_n: AtomicU64::new(max_n),
+        to_start: AtomicU64::new(rf.cycles.saturating_sub(done)),
+        stop: AtomicBool::new(false),
+        cfg: rf.clone(),
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for lane in lanes {
+        tasks.push(tokio::spawn(lane_loop(
+            lane,
+            sh.clone(),
+            cfg.resume,
+            tx.clone(),
+        )));
+    }
+    drop(tx);
+
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&cycles_path)?;
+    let mut interrupted = false;
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    loop {
+        let line = tokio::select! {
+            l = rx.recv() => l,
+            _ = &mut stop => {
+                interrupted = true;
+                None
+            }
+        };
+        let Some(line) = line else { break };
+        let mut text = serde_json::to_vec(&line)?;
+        text.push(b'\n');
+        log.write_all(&text)?;
+        match &line {
+            Line::Cycle {
+                cycle: c,
+                violations,
+                ..
+            } => {
                 eprintln!(
-                    "cycle {n:>5} {:<45} killed after {:>5} ms · recovered in {:>5} ms · acked {:>3} · unsynced {:>3} lost {:>3} · {}",
+                    "cycle {:>5} lane {} {:<45} killed after {:>5} ms · recovered in {:>5} ms · acked {:>3} · unsynced {:>3} lost {:>3} · {}",
+                    c.n,
+                    c.lane,
                     c.fault,
                     c.kill_after_ms,
                     c.recovery_ms,
@@ -457,44 +888,70 @@ pub async fn run(mut cfg: Config) -> Result<bool> {
                     c.lost_unsynced,
                     if c.violations == 0 { "ok".to_string() } else { format!("{} VIOLATIONS", c.violations) }
                 );
-                for v in &v {
-                    tracing::error!(cycle = n, kind = %v.kind, path = %v.path, detail = %v.detail, "violation");
-                }
-                cycles.push(c);
-                violations.extend(v);
-                // A long run stopped by hand keeps its report.
-                if cycles.len() % 10 == 0 && (cycles.len() as u64) < cfg.cycles {
-                    let partial = summary_of(&cycles, &violations);
-                    if let Err(e) = report::write(&cfg.out, &partial) {
-                        tracing::warn!(error = %format!("{e:#}"), "writing the partial report");
-                    }
+                for v in violations {
+                    tracing::error!(cycle = v.cycle, kind = %v.kind, path = %v.path, detail = %v.detail, "violation");
                 }
             }
-            Err(e) => {
-                // The harness could not go on (a workspace that does not
-                // come back, a hang): that is a failure too, and the report
-                // of the cycles so far is still written.
-                let detail = format!("{e:#}");
-                tracing::error!(cycle = n, %detail, "the run stopped");
-                violations.push(Violation::new(n, cfg.seed, "harness_error", "", detail));
-                break;
+            Line::Resume {
+                lane,
+                recovery_ms,
+                acked,
+                violations,
+            } => {
+                eprintln!(
+                    "lane {lane}: recovered after the resume in {recovery_ms} ms · acked {acked} · {}",
+                    if violations.is_empty() { "ok".to_string() } else { format!("{} VIOLATIONS", violations.len()) }
+                );
+                for v in violations {
+                    tracing::error!(cycle = v.cycle, kind = %v.kind, path = %v.path, detail = %v.detail, "violation");
+                }
+            }
+            Line::Error { violation: v } => {
+                tracing::error!(cycle = v.cycle, kind = %v.kind, detail = %v.detail, "the run stopped");
+            }
+        }
+        let is_cycle = matches!(line, Line::Cycle { .. });
+        tally.add(line);
+        // A long run stopped by hand keeps its report.
+        if is_cycle && tally.cycles.len() % 10 == 0 && (tally.cycles.len() as u64) < rf.cycles {
+            let partial = summarize(&rf, t_start.elapsed().as_secs_f64(), &s3, &tally);
+            if let Err(e) = report::write(&cfg.out, &partial) {
+                tracing::warn!(error = %format!("{e:#}"), "writing the partial report");
+            }
+            let now = RunFile {
+                elapsed_s: rf.elapsed_s + t_start.elapsed().as_secs_f64(),
+                ..rf.clone()
+            };
+            if let Err(e) = write_run_file(&cfg.out, &now) {
+                tracing::warn!(error = %format!("{e:#}"), "writing run.json");
             }
         }
     }
-    if let Some(w) = ws.take() {
-        if let Err(e) = w.stop().await {
-            violations.push(Violation::new(
-                cfg.cycles,
-                cfg.seed,
-                "final_stop",
-                "",
-                format!("{e:#}"),
-            ));
+    if interrupted {
+        // Everything the harness started: workspaces, their terminals'
+        // processes, intruders. The lanes' tasks go with them.
+        sh.stop.store(true, Ordering::SeqCst);
+        let me = std::process::id() as i32;
+        let children: Vec<i32> = crate::workspace::descendants(me);
+        crate::workspace::kill_tree(&children);
+        for t in &tasks {
+            t.abort();
         }
+        eprintln!(
+            "cove-chaos: stopped after {} of {} cycles; go on with: cove-chaos run --resume --out {}",
+            tally.cycles.len(),
+            rf.cycles,
+            sh.out.display()
+        );
     }
-    let summary = summary_of(&cycles, &violations);
+    for t in tasks {
+        let _ = t.await;
+    }
+    rf.elapsed_s += t_start.elapsed().as_secs_f64();
+    write_run_file(&cfg.out, &rf)?;
+    let summary = summarize(&rf, 0.0, &s3, &tally);
     report::write(&cfg.out, &summary)?;
     let line = report::closing_line(&summary);
     println!("{line}");
-    Ok(summary.violations.is_empty())
+    Ok(summary.violations.is_empty() && !interrupted)
 }

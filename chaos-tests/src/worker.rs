@@ -8,6 +8,7 @@
 //! and a git repository `w/repo`. About half of the writes are fsync'd.
 
 use crate::content;
+use crate::ledger::{tar_number, WorkerState};
 use crate::manifest::{self, now_ms, Op, Phase, Rec};
 use anyhow::{Context, Result};
 use rand::{Rng, SeedableRng};
@@ -37,30 +38,16 @@ fn fsync_dir(p: &Path) -> std::io::Result<()> {
 }
 
 impl Worker {
+    /// `state` is where the harness says the run got to (the ledger's
+    /// [`WorkerState`]): versions never repeat across cycles.
     pub fn new(
         root: PathBuf,
         manifest_path: &Path,
+        state: WorkerState,
         seed: u64,
         cycle: u64,
         tar: Option<(PathBuf, u64)>,
     ) -> Result<Self> {
-        // Versions never repeat across runs: continue after everything any
-        // earlier run began.
-        let mut next: HashMap<String, u64> = HashMap::new();
-        let mut next_tar = 0;
-        for r in manifest::read(manifest_path)? {
-            match r.op {
-                Op::Write | Op::Replace | Op::Delete => {
-                    let e = next.entry(r.lineage.clone()).or_default();
-                    *e = (*e).max(r.version + 1);
-                }
-                Op::Tar => {
-                    let k: u64 = r.path.trim_start_matches("w/tar").parse().unwrap_or(0);
-                    next_tar = next_tar.max(k + 1);
-                }
-                _ => {}
-            }
-        }
         let (tar, tar_files) = match tar {
             Some((p, n)) => (Some(p), n),
             None => (None, 0),
@@ -70,10 +57,10 @@ impl Worker {
             rng: rand::rngs::StdRng::seed_from_u64(seed),
             root,
             cycle,
-            next,
+            next: state.next,
             tar,
             tar_files,
-            next_tar,
+            next_tar: state.next_tar,
         };
         w.prepare()?;
         Ok(w)
@@ -158,8 +145,22 @@ impl Worker {
             "config.lock",
             "refs/heads/master.lock",
             "refs/heads/main.lock",
+            "packed-refs.lock",
+            "gc.pid",
         ] {
             let _ = fs::remove_file(repo.join(".git").join(lock));
+        }
+        // And a killed `git gc` leaves its half-written pack (`tmp_pack_*`),
+        // which `git fsck` reports as garbage; git would delete it after two
+        // weeks, a person at once.
+        for e in fs::read_dir(repo.join(".git/objects/pack"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.file_name().to_string_lossy().starts_with("tmp_") {
+                let _ = fs::remove_file(e.path());
+            }
         }
         // Again each run: a kill may have cut the first run's setup short.
         for (k, v) in [
@@ -326,6 +327,14 @@ impl Worker {
         )?;
         let head = git(&repo, &["rev-parse", "HEAD"])?;
         self.rec(Op::Git, Phase::Done, "w/repo", head.trim(), 0, true);
+        // Packs the loose objects now and then, as `git gc --auto` would
+        // (turned off above so that it happens here, in the open): a
+        // repository of tens of thousands of loose objects would make
+        // every recovery of a long run slower than the one before. A kill
+        // during gc is one more crash the checks see through (fsck).
+        if loose_objects(&repo)? > GC_LOOSE {
+            git(&repo, &["gc", "--quiet", "--prune=now"])?;
+        }
         Ok(())
     }
 
@@ -333,15 +342,26 @@ impl Worker {
         let Some(tar) = self.tar.clone() else {
             return Ok(());
         };
-        // One extraction at a time: the previous one goes first.
+        // One extraction at a time: every earlier one goes first. Not only
+        // the one before: an extraction begun but lost to a kill, or one
+        // whose removal was, would otherwise stay for the rest of the run.
         let k = self.next_tar;
-        if k > 0 {
-            let old = format!("w/tar{}", k - 1);
-            if self.p(&old).exists() {
-                self.rec(Op::Untar, Phase::Begin, &old, "", 0, true);
-                fs::remove_dir_all(self.p(&old))?;
-                fsync_dir(&self.p("w")).context("fsync w/")?;
-                self.rec(Op::Untar, Phase::Done, &old, "", 0, true);
+        let mut old: Vec<String> = fs::read_dir(self.p("w"))?
+            .flatten()
+            .map(|e| format!("w/{}", e.file_name().to_string_lossy()))
+            .filter(|p| tar_number(p).is_some())
+            .collect();
+        old.sort();
+        if !old.is_empty() {
+            for p in &old {
+                self.rec(Op::Untar, Phase::Begin, p, "", 0, true);
+            }
+            for p in &old {
+                fs::remove_dir_all(self.p(p))?;
+            }
+            fsync_dir(&self.p("w")).context("fsync w/")?;
+            for p in &old {
+                self.rec(Op::Untar, Phase::Done, p, "", 0, true);
             }
         }
         self.next_tar += 1;
@@ -374,6 +394,18 @@ impl Worker {
         self.m.put(&begin)?;
         Ok(())
     }
+}
+
+/// Loose objects above which the worker packs the repository.
+const GC_LOOSE: u64 = 300;
+
+/// `git count-objects`: "N objects, M kilobytes".
+fn loose_objects(repo: &Path) -> Result<u64> {
+    let out = git(repo, &["count-objects"])?;
+    out.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("git count-objects said {out:?}"))
 }
 
 pub fn git(repo: &Path, args: &[&str]) -> Result<String> {

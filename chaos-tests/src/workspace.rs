@@ -19,8 +19,11 @@ pub struct Setup {
     pub env: Vec<(String, String)>,
     pub project: String,
     pub secret: String,
-    /// Where mounts, caches and logs go.
+    /// Where caches and logs go.
     pub dir: PathBuf,
+    /// Every process started is listed here (one pid a line), so that a
+    /// resumed run can kill what a killed harness left running.
+    pub pids: PathBuf,
 }
 
 pub struct Sidecar {
@@ -119,6 +122,7 @@ impl Setup {
             .kill_on_drop(true)
             .spawn()
             .context("starting cove-sync")?;
+        self.track(&child);
         if wait {
             wait_line(&mut child, "ready", Duration::from_secs(120))
                 .await
@@ -150,6 +154,7 @@ impl Setup {
             .kill_on_drop(true)
             .spawn()
             .context("starting cove-pty")?;
+        self.track(&pty);
         let line = wait_line(&mut pty, "listening", Duration::from_secs(30))
             .await
             .context("cove-pty")?;
@@ -173,6 +178,59 @@ impl Setup {
             ide,
             admin,
         })
+    }
+
+    fn track(&self, child: &Child) {
+        use std::io::Write as _;
+        let Some(pid) = child.id() else { return };
+        let r = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.pids)
+            .and_then(|mut f| writeln!(f, "{pid}"));
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "recording a pid");
+        }
+    }
+
+    /// Kills what an earlier harness of this lane left running (it was
+    /// killed itself, so nothing stopped its workspace): the processes in
+    /// the pid list that are still cove-sync or cove-pty of `bin_dir`, with
+    /// everything below them, and any worker writing to `manifest`.
+    pub fn kill_leftovers(&self, manifest: &Path) -> usize {
+        let mut roots = Vec::new();
+        let ours = [
+            self.bin_dir.join("cove-sync"),
+            self.bin_dir.join("cove-pty"),
+        ];
+        for pid in std::fs::read_to_string(&self.pids)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+        {
+            if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+                if ours.contains(&exe) {
+                    roots.push(pid);
+                }
+            }
+        }
+        let needle = manifest.as_os_str().as_encoded_bytes();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            if pid as u32 != std::process::id() && cmd.windows(needle.len()).any(|w| w == needle) {
+                roots.push(pid);
+            }
+        }
+        let _ = std::fs::remove_file(&self.pids);
+        if !roots.is_empty() {
+            kill_tree(&roots);
+        }
+        roots.len()
     }
 
     pub fn token(&self) -> String {
@@ -208,6 +266,14 @@ fn process_tree(roots: &[i32]) -> Vec<i32> {
         i += 1;
     }
     out
+}
+
+/// Every descendant of `pid` (not `pid` itself).
+pub fn descendants(pid: i32) -> Vec<i32> {
+    process_tree(&[pid])
+        .into_iter()
+        .filter(|p| *p != pid)
+        .collect()
 }
 
 /// SIGKILL of the whole workspace at once: every process of the sidecar
