@@ -5,6 +5,7 @@
 #   scripts/chaos.sh                                   CI profile, 100 cycles
 #   scripts/chaos.sh --profile release --out target/chaos-release
 #   scripts/chaos.sh --seed N                          reproduce a run
+#   scripts/chaos.sh --resume --out DIR                go on with a stopped run
 #
 # Uses the Garage of the test command when COVE_TEST_S3_* is set; otherwise
 # starts one in $COVE_CHAOS_GARAGE (default /tmp/cove-chaos-garage) and

@@ -59,6 +59,9 @@ pub struct Ledger {
     /// after them).
     pub max_cycle: Option<u64>,
     pub last_t: u64,
+    /// The newest cycle with a record of the worker (not of the editor):
+    /// the harness's kill clock starts when the cycle's worker is at work.
+    pub worker_cycle: Option<u64>,
 }
 
 impl Ledger {
@@ -74,6 +77,12 @@ impl Ledger {
 
     pub fn worker_state(&self) -> &WorkerState {
         &self.state
+    }
+
+    /// Ends the file with a newline if a killed writer left half a line,
+    /// so that the next record is not glued to it (a resumed run).
+    pub fn seal(&self) -> std::io::Result<()> {
+        seal(&self.file)
     }
 
     /// Reads the records appended since the last call. Only whole lines
@@ -105,6 +114,9 @@ impl Ledger {
         self.records += 1;
         self.max_cycle = Some(self.max_cycle.map_or(r.cycle, |c| c.max(r.cycle)));
         self.last_t = self.last_t.max(r.t);
+        if r.op != Op::Save {
+            self.worker_cycle = Some(self.worker_cycle.map_or(r.cycle, |c| c.max(r.cycle)));
+        }
         match r.op {
             Op::Write | Op::Replace | Op::Delete | Op::Save => {
                 let e = self.state.next.entry(r.lineage.clone()).or_default();
@@ -117,6 +129,11 @@ impl Ledger {
                 if let Some(k) = tar_number(&r.path) {
                     self.state.next_tar = self.state.next_tar.max(k + 1);
                 }
+                // A name extracted again is no longer a removed one. (The
+                // worker records an extraction before it creates the
+                // directory, so numbers are not reused; this keeps the
+                // checks right if one ever is.)
+                self.removed.remove(&r.path);
                 self.tars.push(r);
             }
             Op::Untar => {
@@ -156,6 +173,31 @@ impl Ledger {
     pub fn held(&self) -> usize {
         self.paths.values().map(Vec::len).sum::<usize>() + self.moves.len() + self.tars.len()
     }
+}
+
+/// Appends a newline to `file` unless it is empty or ends with one.
+pub fn seal(file: &Path) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(file)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    f.seek(SeekFrom::Start(len - 1))?;
+    let mut last = [0u8; 1];
+    f.read_exact(&mut last)?;
+    if last[0] != b'\n' {
+        f.write_all(b"\n")?;
+    }
+    Ok(())
 }
 
 /// `w/tar<k>` -> k.
@@ -241,5 +283,39 @@ mod tests {
         assert_eq!(l.removed.get("w/tar0"), Some(&true));
         assert_eq!(l.worker_state().next_tar, 2);
         assert_eq!(l.max_cycle, Some(0));
+        // A name extracted again is checked again, not "resurrected".
+        w.put(&rec(Op::Tar, Phase::Begin, "w/tar0", 0, true))
+            .unwrap();
+        l.refresh().unwrap();
+        assert!(!l.removed.contains_key("w/tar0"));
+    }
+
+    #[test]
+    fn the_worker_clock_ignores_the_editor() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.jsonl");
+        let mut w = Writer::open(&p).unwrap();
+        w.put(&rec(Op::Save, Phase::Begin, "ed/e1", 30, false))
+            .unwrap();
+        let mut l = Ledger::open(&p).unwrap();
+        assert_eq!((l.max_cycle, l.worker_cycle), (Some(3), None));
+        w.put(&rec(Op::Append, Phase::Begin, "w/log1", 31, false))
+            .unwrap();
+        l.refresh().unwrap();
+        assert_eq!(l.worker_cycle, Some(3));
+    }
+
+    #[test]
+    fn seal_ends_a_cut_line() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.jsonl");
+        seal(&p).unwrap(); // missing: nothing to do
+        std::fs::write(&p, b"").unwrap();
+        seal(&p).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"");
+        std::fs::write(&p, b"{\"t\":1}\n{\"t\"").unwrap();
+        seal(&p).unwrap();
+        seal(&p).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"{\"t\":1}\n{\"t\"\n");
     }
 }

@@ -277,11 +277,6 @@ async fn within<T>(
         .map_err(|_| anyhow::anyhow!("{what}: no answer within {d:?}"))?
 }
 
-/// The length of the manifest file (the worker appends to it).
-fn manifest_len(p: &Path) -> u64 {
-    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
-}
-
 /// The random choices of cycle `n`: a function of the seed and `n` only.
 fn cycle_rng(seed: u64, n: u64) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed ^ n.wrapping_mul(0xa076_1d64_78bd_642f) ^ 0x5eed)
@@ -335,7 +330,6 @@ async fn cycle(lane: &mut Lane, sh: &Shared, n: u64) -> Result<(Cycle, Vec<Viola
     .await?;
     let worker_seed = seed ^ (n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     lane.write_state()?;
-    let before = manifest_len(&lane.manifest);
     let command = vec![
         sh.me.display().to_string(),
         "worker".into(),
@@ -369,10 +363,15 @@ async fn cycle(lane: &mut Lane, sh: &Shared, n: u64) -> Result<(Cycle, Vec<Viola
         lane.editor_versions.clone(),
         lane.editor_log.clone(),
     ));
-    // The kill clock starts when the worker is at work (its first record),
-    // so no cycle is spent on start-up alone.
+    // The kill clock starts when the worker is at work (its first record;
+    // the editor's records share the manifest and do not count), so no
+    // cycle is spent on start-up alone.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while manifest_len(&lane.manifest) == before {
+    loop {
+        lane.ledger.refresh()?;
+        if lane.ledger.worker_cycle.is_some_and(|c| c >= n) {
+            break;
+        }
         anyhow::ensure!(
             Instant::now() < deadline,
             "the worker wrote nothing within 30 s (see {})",
@@ -486,14 +485,6 @@ async fn start_lane(lane: &mut Lane, sh: &Shared, resumed: bool) -> Result<Optio
     if !resumed {
         lane.ws = Some(lane.setup.start(&lane.mount).await.context("first start")?);
         return Ok(None);
-    }
-    let killed = lane.setup.kill_leftovers(&lane.manifest);
-    if killed > 0 {
-        tracing::info!(
-            lane = lane.i,
-            killed,
-            "killed what the stopped harness left running"
-        );
     }
     let t0 = Instant::now();
     lane.ws = Some(
@@ -829,6 +820,21 @@ pub async fn run(mut cfg: Config) -> Result<bool> {
         });
     }
     let _mounts = Mounts(mounts);
+    if cfg.resume {
+        // Every lane's leftovers first: a lane's new processes must not be
+        // taken for another's.
+        for lane in &lanes {
+            let killed = lane.setup.kill_leftovers(&lane.manifest);
+            if killed > 0 {
+                tracing::info!(
+                    lane = lane.i,
+                    killed,
+                    "killed what the stopped harness left running"
+                );
+            }
+            lane.ledger.seal()?;
+        }
+    }
     let sh = Arc::new(Shared {
         out: cfg.out.clone(),
         tarball,
@@ -851,6 +857,7 @@ pub async fn run(mut cfg: Config) -> Result<bool> {
     }
     drop(tx);
 
+    crate::ledger::seal(&cycles_path)?;
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -928,14 +935,24 @@ pub async fn run(mut cfg: Config) -> Result<bool> {
         }
     }
     if interrupted {
-        // Everything the harness started: workspaces, their terminals'
-        // processes, intruders. The lanes' tasks go with them.
+        // The lanes first (so none starts a process after the kill), then
+        // everything the harness started: workspaces, their terminals'
+        // processes, intruders.
         sh.stop.store(true, Ordering::SeqCst);
-        let me = std::process::id() as i32;
-        let children: Vec<i32> = crate::workspace::descendants(me);
-        crate::workspace::kill_tree(&children);
         for t in &tasks {
             t.abort();
+        }
+        for t in std::mem::take(&mut tasks) {
+            let _ = t.await;
+        }
+        let me = std::process::id() as i32;
+        crate::workspace::kill_tree(&crate::workspace::descendants(me));
+        // Cycles that finished before the signal are kept.
+        while let Ok(line) = rx.try_recv() {
+            let mut text = serde_json::to_vec(&line)?;
+            text.push(b'\n');
+            log.write_all(&text)?;
+            tally.add(line);
         }
         eprintln!(
             "cove-chaos: stopped after {} of {} cycles; go on with: cove-chaos run --resume --out {}",

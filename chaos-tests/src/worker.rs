@@ -366,7 +366,6 @@ impl Worker {
         }
         self.next_tar += 1;
         let path = format!("w/tar{k}");
-        fs::create_dir_all(self.p(&path))?;
         let mut begin = Rec {
             t: now_ms(),
             op: Op::Tar,
@@ -378,7 +377,10 @@ impl Worker {
             count: self.tar_files,
             cycle: self.cycle,
         };
+        // Recorded before the directory exists: a tree on disk always has
+        // a record, so its number is never used twice.
         self.m.put(&begin)?;
+        fs::create_dir_all(self.p(&path))?;
         let st = std::process::Command::new("tar")
             .arg("-xf")
             .arg(&tar)

@@ -182,47 +182,60 @@ impl Setup {
 
     fn track(&self, child: &Child) {
         use std::io::Write as _;
-        let Some(pid) = child.id() else { return };
+        let Some(pid) = child.id().map(|p| p as i32) else {
+            return;
+        };
+        // With its start time: pids are reused (pid_max is 32,768 here, and
+        // a long run starts tens of thousands of processes).
+        let Some(t) = start_time(pid) else { return };
         let r = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.pids)
-            .and_then(|mut f| writeln!(f, "{pid}"));
+            .and_then(|mut f| writeln!(f, "{pid} {t}"));
         if let Err(e) = r {
             tracing::warn!(error = %e, "recording a pid");
         }
     }
 
     /// Kills what an earlier harness of this lane left running (it was
-    /// killed itself, so nothing stopped its workspace): the processes in
-    /// the pid list that are still cove-sync or cove-pty of `bin_dir`, with
-    /// everything below them, and any worker writing to `manifest`.
+    /// killed itself, so nothing stopped its workspace): the processes of
+    /// the pid list that are still the same cove-sync or cove-pty (same
+    /// start time), with everything below them, and any `cove-chaos
+    /// worker` writing to `manifest`. Run it for every lane before any
+    /// lane starts a process.
     pub fn kill_leftovers(&self, manifest: &Path) -> usize {
         let mut roots = Vec::new();
         let ours = [
             self.bin_dir.join("cove-sync"),
             self.bin_dir.join("cove-pty"),
         ];
-        for pid in std::fs::read_to_string(&self.pids)
+        for line in std::fs::read_to_string(&self.pids)
             .unwrap_or_default()
             .lines()
-            .filter_map(|l| l.trim().parse::<i32>().ok())
         {
-            if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
-                if ours.contains(&exe) {
-                    roots.push(pid);
-                }
+            let mut w = line.split_whitespace().map(str::parse::<u64>);
+            let (Some(Ok(pid)), Some(Ok(t))) = (w.next(), w.next()) else {
+                continue;
+            };
+            let pid = pid as i32;
+            if start_time(pid) == Some(t) && exe_of(pid).is_some_and(|e| ours.contains(&e)) {
+                roots.push(pid);
             }
         }
+        let me = std::env::current_exe().ok();
         let needle = manifest.as_os_str().as_encoded_bytes();
         for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
                 continue;
             };
+            if pid as u32 == std::process::id() || exe_of(pid) != me {
+                continue;
+            }
             let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
                 continue;
             };
-            if pid as u32 != std::process::id() && cmd.windows(needle.len()).any(|w| w == needle) {
+            if cmd.windows(needle.len()).any(|w| w == needle) {
                 roots.push(pid);
             }
         }
@@ -237,6 +250,27 @@ impl Setup {
         let now = crate::manifest::now_ms() / 1000;
         cove_pty::token::sign(self.secret.as_bytes(), &self.project, now, 3600, None)
     }
+}
+
+/// A process's start time (clock ticks since boot, /proc/<pid>/stat
+/// field 22): with the pid, it names one process.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces and ')')
+    // start with field 3.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The executable of `pid`, also when it was replaced on disk since
+/// (a rebuilt binary: the kernel adds " (deleted)").
+fn exe_of(pid: i32) -> Option<PathBuf> {
+    let p = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let s = p.to_string_lossy();
+    Some(match s.strip_suffix(" (deleted)") {
+        Some(stripped) => PathBuf::from(stripped),
+        None => p,
+    })
 }
 
 /// Every descendant of `roots` (and the roots), from /proc.
