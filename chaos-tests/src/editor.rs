@@ -17,20 +17,46 @@ use tokio_tungstenite::tungstenite::Message;
 
 pub const FILES: u64 = 3;
 
-type Ws =
+pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// Connects to a cove-pty the harness started itself.
 pub async fn connect(ide: &str, token: &str) -> Result<Ws> {
-    let mut req = format!("ws://{ide}/ws").into_client_request()?;
+    Ok(connect_url(&format!("ws://{ide}/ws"), None, ORIGIN, token)
+        .await?
+        .0)
+}
+
+/// Connects to an IDE socket URL and says hello; returns the socket and
+/// the welcome. `via`, when set, is the address to open the TCP
+/// connection to (the local gateway, for `<id>.ide.localhost` names that
+/// need no DNS); the URL's host still goes in the `Host` header.
+pub async fn connect_url(
+    url: &str,
+    via: Option<&str>,
+    origin: &str,
+    token: &str,
+) -> Result<(Ws, Value)> {
+    let mut req = url.into_client_request()?;
     let h = req.headers_mut();
-    h.insert("origin", ORIGIN.parse()?);
+    h.insert("origin", origin.parse()?);
     h.insert(
         "sec-websocket-protocol",
         format!("cove.v1, cove.token.{token}").parse()?,
     );
-    let (mut ws, _) = tokio_tungstenite::connect_async(req)
-        .await
-        .context("connecting to cove-pty")?;
+    let (mut ws, _) = match via {
+        Some(addr) => {
+            let tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .with_context(|| format!("connecting to {addr}"))?;
+            tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+                .await
+                .with_context(|| format!("opening {url} through {addr}"))?
+        }
+        None => tokio_tungstenite::connect_async(req)
+            .await
+            .with_context(|| format!("opening {url}"))?,
+    };
     ws.send(Message::Text(
         json!({"type":"hello","id":1,"protocol":1})
             .to_string()
@@ -41,7 +67,7 @@ pub async fn connect(ide: &str, token: &str) -> Result<Ws> {
     if !hello["result"].is_object() {
         bail!("hello refused: {hello}");
     }
-    Ok(ws)
+    Ok((ws, hello["result"].clone()))
 }
 
 /// The next JSON message that `pred` accepts (others are skipped).

@@ -7,6 +7,7 @@ pub mod editor;
 pub mod ledger;
 pub mod manifest;
 pub mod proxy;
+pub mod remote;
 pub mod report;
 pub mod run;
 pub mod worker;

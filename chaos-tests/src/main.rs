@@ -46,17 +46,56 @@ enum Cmd {
         /// seed, cycles and lanes; the report covers the whole run).
         #[arg(long)]
         resume: bool,
+        /// `processes`: workspaces the harness starts itself, on Garage
+        /// behind its fault proxy. `controller`: workspaces through a
+        /// controller's API, on whatever runtime it has (docs/durability.md).
+        #[arg(long, default_value = "processes")]
+        target: String,
+        /// Controller mode: the controller's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:7070")]
+        controller: String,
+        /// Controller mode: open IDE-socket connections to this address
+        /// (default: the controller's, for `*.localhost` hosts).
+        #[arg(long)]
+        connect_to: Option<String>,
+        /// Controller mode: the controller's store URL (the checks export
+        /// its head; S3 credentials from COVE_S3_* and AWS_*).
+        #[arg(long)]
+        store: Option<String>,
+        /// Controller mode: `processes` (the local runtime) or `pods`
+        /// (delete the workspace's pods, grace period 0).
+        #[arg(long, default_value = "processes")]
+        kill: String,
+        /// `--kill pods`: the namespace (default: the kubeconfig's).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// `--kill pods`: a workspace's pods; `{project}` is its id.
+        #[arg(long, default_value = "cove.dev/project={project}")]
+        pod_selector: String,
+        /// Controller mode: the template of the lanes' projects.
+        #[arg(long, default_value = "static")]
+        template: String,
+        /// Controller mode: the worker's command in the workspace
+        /// (default: this binary; an image must have it on PATH).
+        #[arg(long)]
+        worker: Option<String>,
     },
     /// The workload inside a workspace (started by `run`).
     Worker {
         #[arg(long)]
         root: PathBuf,
+        /// The manifest file, or `-`: records on the terminal, each
+        /// `begin` acknowledged by the harness on stdin (controller mode).
         #[arg(long)]
         manifest: PathBuf,
-        /// Where the run got to (JSON, written by `run`): versions to
-        /// continue from.
+        /// Where the run got to (a JSON file written by `run`): versions
+        /// to continue from.
+        #[arg(long, conflicts_with = "state_json")]
+        state: Option<PathBuf>,
+        /// The same, inline (controller mode: the harness's files are
+        /// elsewhere).
         #[arg(long)]
-        state: PathBuf,
+        state_json: Option<String>,
         #[arg(long)]
         seed: u64,
         #[arg(long)]
@@ -89,6 +128,7 @@ fn real_main() -> Result<bool> {
             root,
             manifest,
             state,
+            state_json,
             seed,
             cycle,
             tar,
@@ -103,10 +143,32 @@ fn real_main() -> Result<bool> {
                 // stderr becomes the log file: eprintln! lands there.
                 nix::unistd::dup2_stderr(f)?;
             }
-            let tar = tar.map(|t| (t, tar_files));
-            let state = serde_json::from_slice(&std::fs::read(&state)?)
-                .with_context(|| format!("reading {}", state.display()))?;
-            cove_chaos::worker::Worker::new(root, &manifest, state, seed, cycle, tar)?.run()
+            let tar = match tar {
+                Some(t) => Some((t, tar_files)),
+                None if tar_files > 0 => {
+                    Some((cove_chaos::worker::cached_tarball(tar_files)?, tar_files))
+                }
+                None => None,
+            };
+            let state = match (state, state_json) {
+                (Some(p), _) => serde_json::from_slice(&std::fs::read(&p)?)
+                    .with_context(|| format!("reading {}", p.display()))?,
+                (None, Some(j)) => serde_json::from_str(&j).context("--state-json")?,
+                (None, None) => Default::default(),
+            };
+            let sink = if manifest.as_os_str() == "-" {
+                // Raw: no echo of the harness's acks, no \r added to
+                // records, no signals from stray bytes.
+                use nix::sys::termios;
+                let stdin = std::io::stdin();
+                let mut t = termios::tcgetattr(&stdin).context("stdin is not a terminal")?;
+                termios::cfmakeraw(&mut t);
+                termios::tcsetattr(&stdin, termios::SetArg::TCSANOW, &t)?;
+                cove_chaos::manifest::Sink::Terminal
+            } else {
+                cove_chaos::manifest::Sink::File(cove_chaos::manifest::Writer::open(&manifest)?)
+            };
+            cove_chaos::worker::Worker::new(root, sink, state, seed, cycle, tar)?.run()
         }
         Cmd::Run {
             profile,
@@ -117,6 +179,15 @@ fn real_main() -> Result<bool> {
             outage_secs,
             lanes,
             resume,
+            target,
+            controller,
+            connect_to,
+            store,
+            kill,
+            namespace,
+            pod_selector,
+            template,
+            worker,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -153,6 +224,25 @@ fn real_main() -> Result<bool> {
                     out.display()
                 );
             }
+            let remote = match target.as_str() {
+                "processes" => None,
+                "controller" => Some(cove_chaos::remote::RemoteConfig {
+                    controller,
+                    connect_to,
+                    store: store.context(
+                        "--target controller needs --store (the controller's store URL)",
+                    )?,
+                    kill,
+                    namespace,
+                    pod_selector,
+                    template,
+                    worker: match worker {
+                        Some(w) => w,
+                        None => std::env::current_exe()?.display().to_string(),
+                    },
+                }),
+                t => bail!("--target {t:?}: processes or controller"),
+            };
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(cove_chaos::run::run(cove_chaos::run::Config {
                 profile,
@@ -164,6 +254,7 @@ fn real_main() -> Result<bool> {
                 tar_files: 2000,
                 lanes: lanes.unwrap_or(default_lanes),
                 resume,
+                remote,
             }))
         }
     }

@@ -86,6 +86,58 @@ impl Writer {
     }
 }
 
+/// The marker of a record line on a terminal (`--manifest -`): other
+/// output (errors, a shell's noise) is told apart by it.
+pub const TERMINAL_MARK: &str = "@cove-chaos-rec ";
+
+/// Where a worker records its steps.
+pub enum Sink {
+    /// A file outside the workspace (the harness and the workspace share
+    /// a machine).
+    File(Writer),
+    /// Its terminal, when the workspace is somewhere else (a pod): each
+    /// record is a line on stdout, and before an operation starts (after
+    /// its `begin`) the worker waits for the harness to say, with a `k` on
+    /// stdin, that the record is safe outside the workspace. A `done` is
+    /// not waited for: one lost in a kill only leaves a write unchecked.
+    Terminal,
+}
+
+impl Sink {
+    pub fn put(&mut self, r: &Rec) -> std::io::Result<()> {
+        match self {
+            Sink::File(w) => w.put(r),
+            Sink::Terminal => {
+                use std::io::Read as _;
+                let mut line = TERMINAL_MARK.as_bytes().to_vec();
+                line.extend(serde_json::to_vec(r).map_err(std::io::Error::other)?);
+                line.push(b'\n');
+                let mut out = std::io::stdout().lock();
+                out.write_all(&line)?;
+                out.flush()?;
+                if r.phase == Phase::Begin {
+                    let mut b = [0u8; 1];
+                    loop {
+                        match std::io::stdin().lock().read(&mut b) {
+                            Ok(0) => {
+                                return Err(std::io::Error::new(
+                                    std::io::ErrorKind::UnexpectedEof,
+                                    "the harness is gone",
+                                ))
+                            }
+                            Ok(_) if b[0] == b'k' => break,
+                            Ok(_) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Every whole record in `path` (a line cut by a kill is dropped).
 pub fn read(path: &Path) -> std::io::Result<Vec<Rec>> {
     let text = match std::fs::read_to_string(path) {

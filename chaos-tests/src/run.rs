@@ -21,6 +21,7 @@ use crate::editor;
 use crate::ledger::Ledger;
 use crate::manifest::{self, now_ms};
 use crate::proxy::{FaultProxy, Faults, ProxyStats};
+use crate::remote::{self, RemoteConfig, RemoteLane};
 use crate::report::{self, Cycle, Summary, Violation};
 use crate::workspace::{Setup, Workspace};
 use anyhow::{bail, Context, Result};
@@ -47,6 +48,9 @@ pub struct Config {
     pub lanes: u64,
     /// Go on with the run in `out` (its run.json decides everything else).
     pub resume: bool,
+    /// Controller mode (remote.rs): workspaces through the controller's
+    /// API instead of processes the harness starts.
+    pub remote: Option<RemoteConfig>,
 }
 
 /// Where the S3 store is: Garage from the test command's environment.
@@ -160,12 +164,12 @@ impl Drop for Mounts {
 
 /// What a run was started with (`run.json`); a resumed run reads it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct RunFile {
+pub(crate) struct RunFile {
     profile: String,
-    seed: u64,
+    pub(crate) seed: u64,
     cycles: u64,
     lanes: u64,
-    tar_files: u64,
+    pub(crate) tar_files: u64,
     outage_secs: u64,
     /// The store prefix: `s3://<bucket>/<prefix>`, projects `chaos-<lane>`.
     prefix: String,
@@ -173,12 +177,15 @@ struct RunFile {
     /// Seconds the run was at work before this session of it.
     elapsed_s: f64,
     resumes: u64,
+    /// Controller mode's settings; none in process mode.
+    #[serde(default)]
+    remote: Option<RemoteConfig>,
 }
 
 /// One line of `cycles.jsonl`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-enum Line {
+pub(crate) enum Line {
     Cycle {
         cycle: Cycle,
         violations: Vec<Violation>,
@@ -198,7 +205,7 @@ enum Line {
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-struct Counters {
+pub(crate) struct Counters {
     requests: u64,
     errors_before: u64,
     errors_after: u64,
@@ -237,17 +244,17 @@ impl Counters {
 }
 
 /// What all lanes share.
-struct Shared {
-    cfg: RunFile,
+pub(crate) struct Shared {
+    pub(crate) cfg: RunFile,
     out: PathBuf,
     tarball: PathBuf,
     me: PathBuf,
     outage: Duration,
     /// The next cycle number.
-    next_n: AtomicU64,
+    pub(crate) next_n: AtomicU64,
     /// Cycles still to start.
-    to_start: AtomicU64,
-    stop: AtomicBool,
+    pub(crate) to_start: AtomicU64,
+    pub(crate) stop: AtomicBool,
 }
 
 /// One workspace of the run and what its cycles use.
@@ -267,7 +274,7 @@ struct Lane {
 }
 
 /// Bounds an await that must not hang a CI run.
-async fn within<T>(
+pub(crate) async fn within<T>(
     what: &str,
     d: Duration,
     f: impl std::future::Future<Output = Result<T>>,
@@ -278,7 +285,7 @@ async fn within<T>(
 }
 
 /// The random choices of cycle `n`: a function of the seed and `n` only.
-fn cycle_rng(seed: u64, n: u64) -> rand::rngs::StdRng {
+pub(crate) fn cycle_rng(seed: u64, n: u64) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed ^ n.wrapping_mul(0xa076_1d64_78bd_642f) ^ 0x5eed)
 }
 
@@ -632,12 +639,20 @@ impl Tally {
     }
 }
 
-fn summarize(rf: &RunFile, sh_elapsed: f64, s3: &S3, t: &Tally) -> Summary {
-    let mut notes = vec![
-        "Every kill is a SIGKILL of the sidecar, cove-pty and every process in the workspace at once (stopped first, so none forks or writes in between); every recovery starts a new sidecar with an empty cache that hydrates from the store.".to_string(),
-        "Commits are debounced 100 ms and a checkpoint is written every 8 commits, so random kill times fall during commits and checkpoints.".into(),
-        "Cluster mode (pod deletion through the Kubernetes API): there is no cluster runtime yet; not run.".into(),
-    ];
+fn summarize(rf: &RunFile, sh_elapsed: f64, store: &str, t: &Tally) -> Summary {
+    let mut notes = match &rf.remote {
+        None => vec![
+            "Every kill is a SIGKILL of the sidecar, cove-pty and every process in the workspace at once (stopped first, so none forks or writes in between); every recovery starts a new sidecar with an empty cache that hydrates from the store.".to_string(),
+            "Commits are debounced 100 ms and a checkpoint is written every 8 commits, so random kill times fall during commits and checkpoints.".into(),
+            "Process mode: for pod deletion through the Kubernetes API, run controller mode (--target controller --kill pods) against a cluster's controller.".into(),
+        ],
+        Some(r) => vec![
+            format!("Controller mode: workspaces created and started through the controller at {}, killed with --kill {} ({}), recovered by the controller; the checks read an export of the store's head, which is what every recovery hydrates.", r.controller, r.kill,
+                if r.kill == "pods" { "the workspace's pods deleted with a grace period of 0" } else { "SIGKILL of the workspace's processes" }),
+            "The worker's records travel over its terminal; each operation starts only after the harness has its record.".into(),
+            "Store faults need process mode's fault proxy; none here.".into(),
+        ],
+    };
     if rf.lanes > 1 {
         notes.push(format!(
             "{} lanes: that many workspaces (projects chaos-0 … chaos-{}), each with its own fault proxy and manifest, killed independently on the same Garage.",
@@ -666,11 +681,12 @@ fn summarize(rf: &RunFile, sh_elapsed: f64, s3: &S3, t: &Tally) -> Summary {
         lanes: rf.lanes,
         started: format!("{} (Unix ms)", rf.started_ms),
         duration_s: rf.elapsed_s + sh_elapsed,
-        mode: "fuse".into(),
-        store: format!(
-            "Garage at {} through a fault proxy per lane, s3://{}/{}",
-            s3.endpoint, s3.bucket, rf.prefix
-        ),
+        mode: if rf.remote.is_some() {
+            "as the controller runs it".into()
+        } else {
+            "fuse".into()
+        },
+        store: store.to_string(),
         cycles,
         violations: t.violations.clone(),
         proxy: vec![
@@ -713,7 +729,6 @@ pub async fn run(mut cfg: Config) -> Result<bool> {
     cfg.bin_dir = std::path::absolute(&cfg.bin_dir)?;
     let t_start = Instant::now();
     std::fs::create_dir_all(&cfg.out)?;
-    let s3 = s3_from_env()?;
     let cycles_path = cfg.out.join("cycles.jsonl");
     let mut rf = if cfg.resume {
         let p = cfg.out.join("run.json");
@@ -750,9 +765,24 @@ pub async fn run(mut cfg: Config) -> Result<bool> {
             started_ms: now_ms(),
             elapsed_s: 0.0,
             resumes: 0,
+            remote: cfg.remote.clone(),
         }
     };
     write_run_file(&cfg.out, &rf)?;
+    // Process mode runs its own sidecars on Garage; controller mode's
+    // store is the controller's.
+    let s3 = match &rf.remote {
+        None => Some(s3_from_env()?),
+        Some(_) => None,
+    };
+    let store = match (&s3, &rf.remote) {
+        (Some(s3), _) => format!(
+            "Garage at {} through a fault proxy per lane, s3://{}/{}",
+            s3.endpoint, s3.bucket, rf.prefix
+        ),
+        (None, Some(r)) => format!("the controller's store, {}", r.store),
+        (None, None) => String::new(),
+    };
     let mut tally = Tally::read(&cycles_path)?;
     let done = tally.cycles.len() as u64;
     if cfg.resume {
@@ -763,12 +793,31 @@ pub async fn run(mut cfg: Config) -> Result<bool> {
     }
 
     let work = tempfile::Builder::new().prefix("cove-chaos-").tempdir()?;
-    let tarball = crate::worker::make_tarball(work.path(), rf.tar_files)?;
+    let tarball = match &s3 {
+        Some(_) => crate::worker::make_tarball(work.path(), rf.tar_files)?,
+        None => PathBuf::new(),
+    };
     let secret = format!("{:032x}", rand::random::<u128>());
     let mut lanes = Vec::new();
+    let mut remote_lanes = Vec::new();
     let mut mounts = Vec::new();
     let mut max_n = tally.cycles.iter().map(|c| c.n + 1).max().unwrap_or(0);
-    for i in 0..rf.lanes {
+    if let Some(r) = &rf.remote {
+        let killer = Arc::new(remote::Killer::from_config(r, &cfg.bin_dir).await?);
+        for i in 0..rf.lanes {
+            let lane = RemoteLane::new(
+                i,
+                r.clone(),
+                killer.clone(),
+                cfg.bin_dir.clone(),
+                cfg.out.join(format!("lane-{i}")),
+            )?;
+            max_n = max_n.max(lane.ledger.max_cycle.map_or(0, |c| c + 1));
+            remote_lanes.push(lane);
+        }
+    }
+    for i in 0..s3.as_ref().map_or(0, |_| rf.lanes) {
+        let Some(s3) = &s3 else { break };
         let dir = cfg.out.join(format!("lane-{i}"));
         std::fs::create_dir_all(dir.join("logs"))?;
         let proxy = FaultProxy::start(s3.endpoint, rf.seed ^ i ^ rf.resumes << 32).await?;
@@ -855,6 +904,14 @@ pub async fn run(mut cfg: Config) -> Result<bool> {
             tx.clone(),
         )));
     }
+    for lane in remote_lanes {
+        tasks.push(tokio::spawn(remote::lane_loop(
+            lane,
+            sh.clone(),
+            cfg.resume,
+            tx.clone(),
+        )));
+    }
     drop(tx);
 
     crate::ledger::seal(&cycles_path)?;
@@ -921,7 +978,7 @@ pub async fn run(mut cfg: Config) -> Result<bool> {
         tally.add(line);
         // A long run stopped by hand keeps its report.
         if is_cycle && tally.cycles.len() % 10 == 0 && (tally.cycles.len() as u64) < rf.cycles {
-            let partial = summarize(&rf, t_start.elapsed().as_secs_f64(), &s3, &tally);
+            let partial = summarize(&rf, t_start.elapsed().as_secs_f64(), &store, &tally);
             if let Err(e) = report::write(&cfg.out, &partial) {
                 tracing::warn!(error = %format!("{e:#}"), "writing the partial report");
             }
@@ -966,7 +1023,7 @@ pub async fn run(mut cfg: Config) -> Result<bool> {
     }
     rf.elapsed_s += t_start.elapsed().as_secs_f64();
     write_run_file(&cfg.out, &rf)?;
-    let summary = summarize(&rf, 0.0, &s3, &tally);
+    let summary = summarize(&rf, 0.0, &store, &tally);
     report::write(&cfg.out, &summary)?;
     let line = report::closing_line(&summary);
     println!("{line}");

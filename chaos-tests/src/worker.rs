@@ -23,7 +23,7 @@ pub const DIR_FILES: u64 = 3;
 
 pub struct Worker {
     root: PathBuf,
-    m: manifest::Writer,
+    m: manifest::Sink,
     rng: rand::rngs::StdRng,
     cycle: u64,
     /// Next version per lineage (slots) or next line (logs).
@@ -42,7 +42,7 @@ impl Worker {
     /// [`WorkerState`]): versions never repeat across cycles.
     pub fn new(
         root: PathBuf,
-        manifest_path: &Path,
+        m: manifest::Sink,
         state: WorkerState,
         seed: u64,
         cycle: u64,
@@ -53,7 +53,7 @@ impl Worker {
             None => (None, 0),
         };
         let mut w = Self {
-            m: manifest::Writer::open(manifest_path)?,
+            m,
             rng: rand::rngs::StdRng::seed_from_u64(seed),
             root,
             cycle,
@@ -428,6 +428,21 @@ pub fn git(repo: &Path, args: &[&str]) -> Result<String> {
 
 /// Builds the tar archive the workload extracts: `files` self-verifying
 /// files in a few directories. Returns its path.
+/// The archive of `files` files in the temporary directory, made once per
+/// machine (or pod) and kept: a worker that is given none (controller
+/// mode, where the harness's files are elsewhere) uses it.
+pub fn cached_tarball(files: u64) -> Result<PathBuf> {
+    let out = std::env::temp_dir().join(format!("cove-chaos-tree-{files}.tar"));
+    if out.exists() {
+        return Ok(out);
+    }
+    let tmp = std::env::temp_dir().join(format!("cove-chaos-tree-{}", std::process::id()));
+    let made = make_tarball(&tmp, files)?;
+    fs::rename(&made, &out)?;
+    let _ = fs::remove_dir_all(&tmp);
+    Ok(out)
+}
+
 pub fn make_tarball(dir: &Path, files: u64) -> Result<PathBuf> {
     let src = dir.join("tar-src");
     let _ = fs::remove_dir_all(&src);

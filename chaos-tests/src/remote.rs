@@ -1,0 +1,864 @@
+//! Controller mode (`--target controller`): the same kill cycles, driven
+//! through the controller's API and gateway instead of processes the
+//! harness starts itself, so they run against whatever runtime the
+//! controller has: local processes, or pods on a cluster.
+//!
+//! - **Workspaces** are projects the harness creates from a template and
+//!   starts through the API; the editor and the worker's terminal connect
+//!   through the IDE socket URL the API returns, with its token.
+//! - **The manifest travels over the worker's terminal**: a workspace in a
+//!   pod shares no disk with the harness, and the manifest must be outside
+//!   the workspace. The worker prints each record (`--manifest -`) and,
+//!   before each operation, waits for the harness to acknowledge the
+//!   operation's `begin` on its stdin, which the harness does once the
+//!   record is in the lane's manifest file. So every operation that can
+//!   have touched the workspace is known before it starts, as with a
+//!   manifest file. A `done` lost in the kill only leaves a write
+//!   unchecked.
+//! - **The kill** is `--kill processes` (the local runtime: SIGKILL of the
+//!   workspace's cove-sync and cove-pty and everything under them, found by
+//!   their `--project`), or `--kill pods`: the workspace's pods deleted
+//!   through the Kubernetes API with a grace period of 0, as a node failure
+//!   or `kubectl delete pod --grace-period=0 --force` does.
+//! - **Recovery** is whatever the controller does (its supervisor restarts
+//!   the workspace, or it is `failed` and the harness starts it again),
+//!   until a new cove-pty (another `instance`) answers: that time is the
+//!   recovery time.
+//! - **The checks** read an export of the project's head from the store
+//!   (`cove-sync export`, with `--store`): that is what every recovery
+//!   hydrates, wherever it runs.
+//!
+//! Store faults need the fault proxy between the sidecars and the store,
+//! which only process mode has; here the faults are kills: during the
+//! workload, during a graceful stop, and during the recovery's hydration.
+
+use crate::check;
+use crate::editor::{self, Ws};
+use crate::ledger::Ledger;
+use crate::manifest::{self, now_ms, Phase, Rec, TERMINAL_MARK};
+use crate::report::{Cycle, Violation};
+use crate::run::{cycle_rng, within, Line, Shared};
+use anyhow::{bail, Context, Result};
+use futures::{SinkExt, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// What controller mode needs; kept in run.json for `--resume`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoteConfig {
+    /// The controller's base URL, e.g. `http://127.0.0.1:7070`.
+    pub controller: String,
+    /// Open IDE-socket connections to this address instead of the URL's
+    /// host (the local gateway serves `<id>.ide.localhost`, which needs no
+    /// DNS). Default: the controller's address when the host ends in
+    /// `.localhost`.
+    pub connect_to: Option<String>,
+    /// The controller's store URL: the checks read an export of its head.
+    pub store: String,
+    /// `processes` or `pods`.
+    pub kill: String,
+    /// `pods`: the namespace (default: the kubeconfig's).
+    pub namespace: Option<String>,
+    /// `pods`: the label selector of a workspace's pods; `{project}` is
+    /// replaced by the project id.
+    pub pod_selector: String,
+    /// The template the lanes' projects are created from.
+    pub template: String,
+    /// The worker's command inside the workspace (default: this binary,
+    /// which a local runtime can run; an image must have it on PATH).
+    pub worker: String,
+}
+
+/// The controller's HTTP API (docs/api.md), what the harness uses of it.
+#[derive(Clone)]
+pub struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Result<Self> {
+        Ok(Api {
+            base: base.trim_end_matches('/').to_string(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()?,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{method} {path}: {status}: {v}");
+        }
+        Ok(v)
+    }
+
+    /// Creates a project; returns its id.
+    pub async fn create(&self, name: &str, template: &str) -> Result<String> {
+        let p = self
+            .call(
+                reqwest::Method::POST,
+                "/api/projects",
+                Some(json!({"name": name, "template": template})),
+            )
+            .await?;
+        p["id"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("no id in {p}"))
+    }
+
+    /// Starts the workspace (idempotent); the Workspace, with a token.
+    pub async fn start(&self, id: &str) -> Result<Value> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/api/projects/{id}/workspace/start"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn status(&self, id: &str) -> Result<Value> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/api/projects/{id}/workspace"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn stop(&self, id: &str) -> Result<Value> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/api/projects/{id}/workspace/stop"),
+            None,
+        )
+        .await
+    }
+
+    /// The origin of the controller's own pages, which cove-pty accepts.
+    fn origin(&self) -> String {
+        let hostport = self
+            .base
+            .split("://")
+            .nth(1)
+            .unwrap_or(&self.base)
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let port = hostport.rsplit_once(':').map(|(_, p)| p.to_string());
+        let scheme = self.base.split("://").next().unwrap_or("http");
+        match port {
+            // Local mode's UI origin is `localhost`, whatever address the
+            // harness uses for the API.
+            Some(p) if hostport.starts_with("127.0.0.1") || hostport.starts_with("[::1]") => {
+                format!("{scheme}://localhost:{p}")
+            }
+            _ => format!("{scheme}://{hostport}"),
+        }
+    }
+
+    /// `host:port` of the controller.
+    fn addr(&self) -> String {
+        self.base
+            .split("://")
+            .nth(1)
+            .unwrap_or(&self.base)
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// How a workspace is killed.
+pub enum Killer {
+    /// The local runtime's processes: cove-sync and cove-pty of `bin_dir`
+    /// whose `--project` is the project, with everything under them.
+    Processes { bin_dir: PathBuf },
+    /// Pods matching `selector` (with `{project}` replaced), deleted with
+    /// a grace period of 0.
+    Pods {
+        api: Box<kube::Api<Pod>>,
+        selector: String,
+    },
+}
+
+impl Killer {
+    pub async fn from_config(rc: &RemoteConfig, bin_dir: &Path) -> Result<Killer> {
+        match rc.kill.as_str() {
+            "processes" => Ok(Killer::Processes {
+                bin_dir: bin_dir.to_path_buf(),
+            }),
+            "pods" => {
+                let client = kube::Client::try_default().await.context(
+                    "--kill pods: no Kubernetes API reachable (kubeconfig or in-cluster)",
+                )?;
+                let api = match &rc.namespace {
+                    Some(ns) => kube::Api::namespaced(client, ns),
+                    None => kube::Api::default_namespaced(client),
+                };
+                Ok(Killer::Pods {
+                    api: Box::new(api),
+                    selector: rc.pod_selector.clone(),
+                })
+            }
+            k => bail!("--kill {k:?}: processes or pods"),
+        }
+    }
+
+    /// Kills the workspace of `project`; how many processes or pods.
+    pub async fn kill(&self, project: &str) -> Result<usize> {
+        match self {
+            Killer::Processes { bin_dir } => {
+                let roots = workspace_processes(bin_dir, project);
+                crate::workspace::kill_tree(&roots);
+                Ok(roots.len())
+            }
+            Killer::Pods { api, selector } => {
+                delete_pods(api, &selector.replace("{project}", project)).await
+            }
+        }
+    }
+}
+
+/// Deletes the pods `selector` matches, at once (grace period 0): the
+/// containers get SIGKILL, nothing flushes.
+pub async fn delete_pods(api: &kube::Api<Pod>, selector: &str) -> Result<usize> {
+    let lp = kube::api::ListParams::default().labels(selector);
+    let dp = kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    let r = api
+        .delete_collection(&dp, &lp)
+        .await
+        .with_context(|| format!("deleting the pods {selector}"))?;
+    Ok(match r {
+        either::Either::Left(list) => list.items.len(),
+        either::Either::Right(_) => 0,
+    })
+}
+
+/// The local runtime's processes of `project`: cove-sync and cove-pty of
+/// `bin_dir` started with `--project <project>`.
+pub fn workspace_processes(bin_dir: &Path, project: &str) -> Vec<i32> {
+    let ours = [bin_dir.join("cove-sync"), bin_dir.join("cove-pty")];
+    let needle = format!("\0--project\0{project}\0");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+            continue;
+        };
+        let exe = PathBuf::from(exe.to_string_lossy().trim_end_matches(" (deleted)"));
+        if !ours.contains(&exe) {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmd).contains(&needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// One workspace of a controller-mode run.
+pub struct RemoteLane {
+    pub i: u64,
+    pub api: Api,
+    pub rc: RemoteConfig,
+    pub killer: Arc<Killer>,
+    pub bin_dir: PathBuf,
+    /// The lane's directory (manifest, logs, exports).
+    pub dir: PathBuf,
+    pub manifest: PathBuf,
+    pub ledger: Ledger,
+    pub writer: Arc<Mutex<manifest::Writer>>,
+    pub editor_versions: Arc<Mutex<HashMap<String, u64>>>,
+    /// The project, once created (also in `dir/project`).
+    pub project: Option<String>,
+    /// The cove-pty instance the last connection saw.
+    instance: Option<String>,
+}
+
+impl RemoteLane {
+    pub fn new(
+        i: u64,
+        rc: RemoteConfig,
+        killer: Arc<Killer>,
+        bin_dir: PathBuf,
+        dir: PathBuf,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let manifest = dir.join("manifest.jsonl");
+        let ledger = Ledger::open(&manifest)?;
+        let editor_versions = ledger
+            .worker_state()
+            .next
+            .iter()
+            .filter(|(k, _)| k.starts_with('e'))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let project = std::fs::read_to_string(dir.join("project"))
+            .ok()
+            .map(|s| s.trim().to_string());
+        Ok(RemoteLane {
+            i,
+            api: Api::new(&rc.controller)?,
+            rc,
+            killer,
+            bin_dir,
+            writer: Arc::new(Mutex::new(manifest::Writer::open(&manifest)?)),
+            manifest,
+            ledger,
+            editor_versions: Arc::new(Mutex::new(editor_versions)),
+            dir,
+            project,
+            instance: None,
+        })
+    }
+
+    fn project(&self) -> Result<&str> {
+        self.project.as_deref().context("no project yet")
+    }
+
+    /// Where the TCP connection for `url` goes.
+    fn via(&self, url: &str) -> Option<String> {
+        if let Some(c) = &self.rc.connect_to {
+            return Some(c.clone());
+        }
+        let host = url.split("://").nth(1)?.split(['/', ':']).next()?;
+        host.ends_with(".localhost").then(|| self.api.addr())
+    }
+
+    /// A new connection to the workspace: start (idempotent, and the
+    /// token), then the socket. `None` while it is not up.
+    async fn connect(&mut self) -> Result<Option<(Ws, Value)>> {
+        let id = self.project()?.to_string();
+        let w = match self.api.start(&id).await {
+            Ok(w) => w,
+            // 409 while stopping, 503 while the store is away: later.
+            Err(_) => return Ok(None),
+        };
+        let (Some(url), Some(token)) = (w["urls"]["ide_socket"].as_str(), w["token"].as_str())
+        else {
+            return Ok(None);
+        };
+        if w["state"] != "ready" {
+            return Ok(None);
+        }
+        let via = self.via(url);
+        match editor::connect_url(url, via.as_deref(), &self.api.origin(), token).await {
+            Ok(c) => Ok(Some(c)),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Waits until a cove-pty other than `old` answers (the workspace came
+    /// back); returns its connection.
+    async fn recover(&mut self, old: Option<String>) -> Result<(Ws, Value)> {
+        loop {
+            if let Some((ws, welcome)) = self.connect().await? {
+                let inst = welcome["instance"].as_str().map(str::to_string);
+                if old.is_none() || inst != old {
+                    self.instance = inst;
+                    return Ok((ws, welcome));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Exports the project's head and checks it against the ledger.
+    async fn check(&mut self, n: u64, seed: u64, t_kill: u64) -> Result<check::Outcome> {
+        self.ledger.refresh()?;
+        let export = self.dir.join("export");
+        let _ = std::fs::remove_dir_all(&export);
+        let out = tokio::process::Command::new(self.bin_dir.join("cove-sync"))
+            .args([
+                "--store",
+                &self.rc.store,
+                "export",
+                "--project",
+                self.project()?,
+            ])
+            .arg("--out")
+            .arg(&export)
+            .env("RUST_LOG", "warn")
+            .output()
+            .await
+            .context("running cove-sync export")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "cove-sync export: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let ledger = std::mem::take(&mut self.ledger);
+        let root = export.clone();
+        let (o, mut ledger) = within("the checks", Duration::from_secs(180), async move {
+            Ok(tokio::task::spawn_blocking(move || {
+                let o = check::check(&root, &ledger, n, seed, t_kill);
+                (o, ledger)
+            })
+            .await?)
+        })
+        .await?;
+        ledger.compact();
+        self.ledger = ledger;
+        let _ = std::fs::remove_dir_all(&export);
+        Ok(o)
+    }
+}
+
+/// The faults of controller mode: kills only (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    Kill,
+    KillDuringStop,
+    KillDuringHydration,
+}
+
+impl Fault {
+    fn pick(rng: &mut impl Rng) -> Fault {
+        match rng.random_range(0..100) {
+            0..60 => Fault::Kill,
+            60..80 => Fault::KillDuringStop,
+            _ => Fault::KillDuringHydration,
+        }
+    }
+
+    fn name(self, kill: &str) -> String {
+        let what = if kill == "pods" {
+            "pod deletion (grace 0)"
+        } else {
+            "kill"
+        };
+        match self {
+            Fault::Kill => format!("controller: {what} during the workload"),
+            Fault::KillDuringStop => format!("controller: {what} during a graceful stop"),
+            Fault::KillDuringHydration => format!("controller: {what} during hydration"),
+        }
+    }
+}
+
+fn frame(kind: u8, term: u32, offset: u64, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + payload.len());
+    f.push(kind);
+    f.push(0);
+    f.extend_from_slice(&term.to_be_bytes());
+    f.extend_from_slice(&offset.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Reads the worker's records from its terminal (`ws`, attached to
+/// `term`) into the lane's manifest, answers each `begin` with a `k` once
+/// it is written, and acknowledges the output (protocol.md §7). Other
+/// output goes to `noise`. Ends with the connection.
+async fn pump(
+    mut ws: Ws,
+    term: u32,
+    early: Vec<bytes::Bytes>,
+    writer: Arc<Mutex<manifest::Writer>>,
+    noise: PathBuf,
+) -> Result<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(noise)?;
+    let mut early = early.into_iter();
+    loop {
+        let b = match early.next() {
+            Some(b) => b,
+            None => match ws.next().await {
+                Some(Ok(Message::Binary(b))) => b,
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+                None => return Ok(()),
+            },
+        };
+        if b.len() < 14 || b[0] != 1 || u32::from_be_bytes([b[2], b[3], b[4], b[5]]) != term {
+            continue;
+        }
+        let mut off = [0u8; 8];
+        off.copy_from_slice(&b[6..14]);
+        let end = u64::from_be_bytes(off) + (b.len() - 14) as u64;
+        buf.extend_from_slice(&b[14..]);
+        let mut acks = 0;
+        while let Some(i) = buf.iter().position(|&c| c == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            let line = line.strip_suffix(b"\n").unwrap_or(&line);
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let rec = line
+                .strip_prefix(TERMINAL_MARK.as_bytes())
+                .and_then(|j| serde_json::from_slice::<Rec>(j).ok());
+            match rec {
+                Some(r) => {
+                    writer
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("poisoned"))?
+                        .put(&r)?;
+                    if r.phase == Phase::Begin {
+                        acks += 1;
+                    }
+                }
+                None => {
+                    log.write_all(line)?;
+                    log.write_all(b"\n")?;
+                }
+            }
+        }
+        if acks > 0 {
+            ws.send(Message::Binary(
+                frame(3, term, 0, &b"k".repeat(acks)).into(),
+            ))
+            .await?;
+        }
+        ws.send(Message::Binary(frame(4, term, end, &[]).into()))
+            .await?;
+    }
+}
+
+/// `term.create` of the worker, attached. Output may come before the
+/// result (protocol.md §4.4): it is kept for the pump.
+async fn create_terminal(ws: &mut Ws, command: Vec<String>) -> Result<(u32, Vec<bytes::Bytes>)> {
+    let req =
+        json!({"type":"term.create","id":2,"cols":200,"rows":50,"attach":true,"command":command});
+    ws.send(Message::Text(req.to_string().into())).await?;
+    let mut early = Vec::new();
+    loop {
+        match ws.next().await.context("connection closed")?? {
+            Message::Binary(b) => early.push(b),
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t)?;
+                if v["id"] == 2 {
+                    let id = v["result"]["terminal"]["id"]
+                        .as_u64()
+                        .with_context(|| format!("term.create refused: {v}"))?;
+                    return Ok((id as u32, early));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One kill cycle of a controller-mode lane.
+async fn cycle(lane: &mut RemoteLane, sh: &Shared, n: u64) -> Result<(Cycle, Vec<Violation>)> {
+    let seed = sh.cfg.seed;
+    let mut rng = cycle_rng(seed, n);
+    let fault = Fault::pick(&mut rng);
+    let kill_after = Duration::from_millis(rng.random_range(300..2500));
+    let id = lane.project()?.to_string();
+    // Two connections: one attached to the worker's terminal, one for the
+    // editor's saves.
+    let (mut term_ws, _) =
+        within("connecting", Duration::from_secs(60), lane.recover(None)).await?;
+    let (editor_ws, _) = within("connecting", Duration::from_secs(60), lane.recover(None)).await?;
+
+    // The worker, on a terminal this connection is attached to.
+    let worker_seed = seed ^ (n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let state = serde_json::to_string(lane.ledger.worker_state())?;
+    let command = vec![
+        lane.rc.worker.clone(),
+        "worker".into(),
+        "--root".into(),
+        ".".into(),
+        "--manifest".into(),
+        "-".into(),
+        "--state-json".into(),
+        state,
+        "--seed".into(),
+        worker_seed.to_string(),
+        "--cycle".into(),
+        n.to_string(),
+        "--tar-files".into(),
+        sh.cfg.tar_files.to_string(),
+    ];
+    let (term, early) = within(
+        "starting the worker",
+        Duration::from_secs(20),
+        create_terminal(&mut term_ws, command),
+    )
+    .await?;
+    let pump = tokio::spawn(pump(
+        term_ws,
+        term,
+        early,
+        lane.writer.clone(),
+        lane.dir.join("logs/worker.log"),
+    ));
+    let editor = tokio::spawn(editor::save_loop(
+        editor_ws,
+        worker_seed.rotate_left(17),
+        n,
+        lane.editor_versions.clone(),
+        lane.writer.clone(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        lane.ledger.refresh()?;
+        if lane.ledger.worker_cycle.is_some_and(|c| c >= n) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline && !pump.is_finished(),
+            "the worker wrote nothing within 60 s (see {})",
+            lane.dir.join("logs/worker.log").display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(kill_after).await;
+
+    let before = lane.instance.clone();
+    let mut stop_task = None;
+    match fault {
+        Fault::Kill => {
+            lane.killer.kill(&id).await?;
+        }
+        Fault::KillDuringStop => {
+            let api = lane.api.clone();
+            let p = id.clone();
+            stop_task = Some(tokio::spawn(async move { api.stop(&p).await }));
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
+            lane.killer.kill(&id).await?;
+        }
+        Fault::KillDuringHydration => {
+            lane.killer.kill(&id).await?;
+        }
+    }
+    let t_kill = now_ms();
+    let killed = Instant::now();
+    editor.abort();
+    pump.abort();
+    let _ = editor.await;
+    let _ = pump.await;
+    if let Some(t) = stop_task {
+        // Its answer does not matter: stopped, failed, or cut short.
+        let _ = within("the stop", Duration::from_secs(60), async { Ok(t.await?) }).await;
+    }
+    if fault == Fault::KillDuringHydration {
+        // Once the workspace is coming back (the supervisor's restart, or
+        // ours), kill it again 0-150 ms in.
+        // A restart that is already over by the time we look (a small
+        // tree hydrates fast) is killed once up, after 10 s at most.
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            let w = lane.api.start(&id).await.unwrap_or(Value::Null);
+            if w["state"] == "starting" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
+        lane.killer.kill(&id).await?;
+    }
+
+    let (ws, _) = within("recovery", Duration::from_secs(180), lane.recover(before)).await?;
+    let recovery_ms = killed.elapsed().as_millis() as u64;
+    drop(ws);
+    let o = lane.check(n, seed, t_kill).await?;
+    let c = Cycle {
+        n,
+        lane: lane.i,
+        fault: fault.name(&lane.rc.kill),
+        kill_after_ms: kill_after.as_millis() as u64,
+        acked: o.acked,
+        unsynced: o.unsynced,
+        lost_unsynced: o.lost_unsynced,
+        rpo_ms: o.rpo_ms,
+        recovery_ms,
+        violations: o.violations.len() as u64,
+    };
+    Ok((c, o.violations))
+}
+
+/// Creates the lane's project (a new run) or kills and recovers it (a
+/// resumed run, whose worker may still be at work), then checks it.
+async fn start(lane: &mut RemoteLane, sh: &Shared, resumed: bool) -> Result<Option<Line>> {
+    if lane.project.is_none() {
+        let name = format!("chaos {} lane {}", sh.cfg.seed % 100_000, lane.i);
+        let id = lane.api.create(&name, &lane.rc.template).await?;
+        std::fs::write(lane.dir.join("project"), &id)?;
+        lane.project = Some(id);
+    }
+    if !resumed {
+        let (ws, _) = within(
+            "the first start",
+            Duration::from_secs(180),
+            lane.recover(None),
+        )
+        .await?;
+        drop(ws);
+        return Ok(None);
+    }
+    let id = lane.project()?.to_string();
+    lane.ledger.seal()?;
+    // The instance running now (a deleted pod may answer for a moment
+    // after the kill: recovery waits for another one).
+    let (ws, _) = within("connecting", Duration::from_secs(180), lane.recover(None)).await?;
+    drop(ws);
+    let old = lane.instance.clone();
+    let t0 = Instant::now();
+    lane.killer.kill(&id).await?;
+    let (ws, _) = within(
+        "recovery after the resume",
+        Duration::from_secs(180),
+        lane.recover(old),
+    )
+    .await?;
+    drop(ws);
+    let recovery_ms = t0.elapsed().as_millis() as u64;
+    let n = lane.ledger.max_cycle.unwrap_or(0);
+    let t_kill = lane.ledger.last_t;
+    let o = lane.check(n, sh.cfg.seed, t_kill).await?;
+    Ok(Some(Line::Resume {
+        lane: lane.i,
+        recovery_ms,
+        acked: o.acked,
+        violations: o.violations,
+    }))
+}
+
+/// A controller-mode lane: cycles until the run has its count.
+pub(crate) async fn lane_loop(
+    mut lane: RemoteLane,
+    sh: Arc<Shared>,
+    resumed: bool,
+    tx: tokio::sync::mpsc::UnboundedSender<Line>,
+) {
+    let fail = |n: u64, kind: &str, lane: u64, e: anyhow::Error| Line::Error {
+        violation: Violation::new(n, sh.cfg.seed, kind, "", format!("lane {lane}: {e:#}")),
+    };
+    match start(&mut lane, &sh, resumed).await {
+        Ok(Some(l)) => {
+            let _ = tx.send(l);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            let n = lane.ledger.max_cycle.unwrap_or(0);
+            let _ = tx.send(fail(n, "harness_error", lane.i, e));
+            sh.stop.store(true, Ordering::SeqCst);
+            return;
+        }
+    }
+    while !sh.stop.load(Ordering::SeqCst)
+        && sh
+            .to_start
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1))
+            .is_ok()
+    {
+        let n = sh.next_n.fetch_add(1, Ordering::SeqCst);
+        match cycle(&mut lane, &sh, n).await {
+            Ok((cycle, violations)) => {
+                let _ = tx.send(Line::Cycle {
+                    cycle,
+                    violations,
+                    proxy: Default::default(),
+                });
+            }
+            Err(e) => {
+                let _ = tx.send(fail(n, "harness_error", lane.i, e));
+                sh.stop.store(true, Ordering::SeqCst);
+                break;
+            }
+        }
+    }
+    // The workspace stays as the controller has it: stop it cleanly.
+    if let Ok(id) = lane.project() {
+        if let Err(e) = lane.api.stop(id).await {
+            let n = sh.next_n.load(Ordering::SeqCst);
+            let _ = tx.send(fail(n, "final_stop", lane.i, e));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Method, Request, Response};
+    use kube::client::Body;
+
+    /// `--kill pods` asks the API server for exactly this: a DELETE of
+    /// the pod collection that the selector names, grace period 0.
+    #[tokio::test]
+    async fn pods_are_deleted_with_grace_zero() {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.expect("a request");
+            assert_eq!(req.method(), Method::DELETE);
+            assert_eq!(req.uri().path(), "/api/v1/namespaces/cove/pods");
+            let q = req.uri().query().unwrap_or_default().to_string();
+            assert!(
+                q.contains("labelSelector=cove.dev%2Fproject%3Dmy-app-k3x9qa"),
+                "{q}"
+            );
+            let body = req.into_body().collect_bytes().await.unwrap();
+            let opts: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(opts["gracePeriodSeconds"], 0, "{opts}");
+            let list = json!({"apiVersion":"v1","kind":"PodList","metadata":{},
+                "items":[{"metadata":{"name":"ws-my-app-k3x9qa","namespace":"cove"}}]});
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&list).unwrap()))
+                    .unwrap(),
+            );
+        });
+        let client = kube::Client::new(svc, "cove");
+        let killer = Killer::Pods {
+            api: Box::new(kube::Api::namespaced(client, "cove")),
+            selector: "cove.dev/project={project}".into(),
+        };
+        assert_eq!(killer.kill("my-app-k3x9qa").await.unwrap(), 1);
+        server.await.unwrap();
+    }
+
+    #[test]
+    fn frames_follow_the_protocol() {
+        let f = frame(4, 3, 0x0102, &[]);
+        assert_eq!(f, [4, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(frame(3, 1, 0, b"k")[14..], *b"k");
+    }
+
+    #[test]
+    fn the_local_gateway_origin_is_localhost() {
+        let api = Api::new("http://127.0.0.1:7070/").unwrap();
+        assert_eq!(api.origin(), "http://localhost:7070");
+        assert_eq!(api.addr(), "127.0.0.1:7070");
+        let api = Api::new("https://cove.example.com").unwrap();
+        assert_eq!(api.origin(), "https://cove.example.com");
+    }
+}
