@@ -394,6 +394,7 @@ impl Files {
             .map(|(_, st)| st.st_mode & 0o7777)
             .unwrap_or(0o644);
         let (dir, name) = self.parent(&target)?;
+        remove_leftovers(&dir, &name);
         let tmp = format!(".{}{}{:016x}", name, TMP_MARKER, rand::random::<u64>());
         let tmp = if tmp.len() > 255 {
             format!(".cove{}{:016x}", TMP_MARKER, rand::random::<u64>())
@@ -580,10 +581,66 @@ fn remove_tree(parent: &OwnedFd, name: &str) -> Result<(), Errno> {
     nix::unistd::unlinkat(parent, name, nix::unistd::UnlinkatFlags::RemoveDir)
 }
 
+/// Removes `.<name>.cove-tmp-<16 hex>` files in `dir`: what saves of
+/// `name` left when the workspace was killed between creating their
+/// temporary file and renaming it (the chaos harness found hundreds after
+/// a long run). cove-pty's writes are serialized, so none of them is in
+/// flight. Temporary files of other names, and a long name's
+/// `.cove.cove-tmp-…`, wait for a save of their own file.
+fn remove_leftovers(dir: &OwnedFd, name: &str) {
+    let prefix = format!(".{name}{TMP_MARKER}");
+    let Ok(mut d) = nix::dir::Dir::openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return;
+    };
+    let stale: Vec<std::ffi::CString> = d
+        .iter()
+        .flatten()
+        .filter(|e| {
+            e.file_name().to_str().is_ok_and(|n| {
+                n.strip_prefix(prefix.as_str())
+                    .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            })
+        })
+        .map(|e| e.file_name().to_owned())
+        .collect();
+    for n in stale {
+        let _ = nix::unistd::unlinkat(dir, n.as_c_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::Limits;
+
+    #[test]
+    fn a_save_removes_what_killed_saves_of_the_file_left() {
+        let (d, f) = files();
+        std::fs::create_dir(d.path().join("src")).unwrap();
+        let left = d.path().join("src/.a.txt.cove-tmp-0123456789abcdef");
+        let other = d.path().join("src/.b.txt.cove-tmp-0123456789abcdef");
+        let mine = d.path().join("src/.a.txt.cove-tmp-notours");
+        for p in [&left, &other, &mine] {
+            std::fs::write(p, "half a save").unwrap();
+        }
+        f.write("src/a.txt", b"one", None, false).unwrap();
+        assert!(!left.exists(), "the leftover of a.txt's save stays");
+        assert!(
+            other.exists() && mine.exists(),
+            "only a.txt's own leftovers go"
+        );
+        assert_eq!(std::fs::read(d.path().join("src/a.txt")).unwrap(), b"one");
+        let names: Vec<_> = std::fs::read_dir(d.path().join("src"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+    }
 
     fn files() -> (tempfile::TempDir, Files) {
         let d = tempfile::tempdir().unwrap();
