@@ -249,8 +249,9 @@ impl Killer {
     }
 }
 
-/// Deletes the pods `selector` matches, at once (grace period 0): the
-/// containers get SIGKILL, nothing flushes.
+/// Deletes the pods `selector` matches with a grace period of 0 (the
+/// role needs `deletecollection` on pods). The API object goes at once;
+/// the kubelet still sends SIGTERM and, after its minimal window, SIGKILL.
 pub async fn delete_pods(api: &kube::Api<Pod>, selector: &str) -> Result<usize> {
     let lp = kube::api::ListParams::default().labels(selector);
     let dp = kube::api::DeleteParams {
@@ -379,6 +380,11 @@ impl RemoteLane {
         if w["state"] != "ready" {
             return Ok(None);
         }
+        // Watch mode cannot hold fsync (docs/durability.md): its fsync'd
+        // writes are not acknowledged ones, and the checks would cry wolf.
+        if w["mode"] == "watch" {
+            bail!("the controller runs {id} in watch mode; controller mode needs FUSE workspaces (run the controller as root with /dev/fuse, --mode fuse)");
+        }
         let via = self.via(url);
         match editor::connect_url(url, via.as_deref(), &self.api.origin(), token).await {
             Ok(c) => Ok(Some(c)),
@@ -442,6 +448,20 @@ impl RemoteLane {
     }
 }
 
+/// Kills the workspace, retrying for up to `patience` until there is
+/// something to kill (a restart may not have spawned its processes yet);
+/// how many processes or pods.
+async fn kill_now(lane: &RemoteLane, id: &str, patience: Duration) -> Result<usize> {
+    let until = Instant::now() + patience;
+    loop {
+        let n = within("the kill", Duration::from_secs(60), lane.killer.kill(id)).await?;
+        if n > 0 || Instant::now() >= until {
+            return Ok(n);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The faults of controller mode: kills only (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Fault {
@@ -465,6 +485,9 @@ impl Fault {
         } else {
             "kill"
         };
+        // With grace 0 the pod object goes at once, but the kubelet still
+        // stops its containers with SIGTERM and a minimal window before
+        // SIGKILL: a lost pod, not a power cut (docs/durability.md).
         match self {
             Fault::Kill => format!("controller: {what} during the workload"),
             Fault::KillDuringStop => format!("controller: {what} during a graceful stop"),
@@ -614,7 +637,7 @@ async fn cycle(lane: &mut RemoteLane, sh: &Shared, n: u64) -> Result<(Cycle, Vec
         create_terminal(&mut term_ws, command),
     )
     .await?;
-    let pump = tokio::spawn(pump(
+    let mut pump = tokio::spawn(pump(
         term_ws,
         term,
         early,
@@ -642,30 +665,43 @@ async fn cycle(lane: &mut RemoteLane, sh: &Shared, n: u64) -> Result<(Cycle, Vec
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::time::sleep(kill_after).await;
+    // A pump that ended early leaves the worker blocked at its next begin:
+    // the cycle would pass with no workload.
+    anyhow::ensure!(
+        !pump.is_finished(),
+        "the worker's terminal closed before the kill (see {})",
+        lane.dir.join("logs/worker.log").display()
+    );
 
     let before = lane.instance.clone();
     let mut stop_task = None;
-    match fault {
-        Fault::Kill => {
-            lane.killer.kill(&id).await?;
-        }
+    let found = match fault {
+        Fault::Kill | Fault::KillDuringHydration => kill_now(lane, &id, Duration::ZERO).await?,
         Fault::KillDuringStop => {
             let api = lane.api.clone();
             let p = id.clone();
             stop_task = Some(tokio::spawn(async move { api.stop(&p).await }));
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
-            lane.killer.kill(&id).await?;
+            // The stop may have won: then there is nothing left to kill.
+            kill_now(lane, &id, Duration::ZERO).await?
         }
-        Fault::KillDuringHydration => {
-            lane.killer.kill(&id).await?;
-        }
-    }
+    };
+    anyhow::ensure!(
+        found > 0 || fault == Fault::KillDuringStop,
+        "nothing to kill for {id}: with --kill processes, --bin-dir must be the controller's"
+    );
     let t_kill = now_ms();
     let killed = Instant::now();
     editor.abort();
-    pump.abort();
     let _ = editor.await;
-    let _ = pump.await;
+    // The records already on their way (the `done`s of the last writes)
+    // are still read: the socket closes with the workspace.
+    if tokio::time::timeout(Duration::from_secs(3), &mut pump)
+        .await
+        .is_err()
+    {
+        pump.abort();
+    }
     if let Some(t) = stop_task {
         // Its answer does not matter: stopped, failed, or cut short.
         let _ = within("the stop", Duration::from_secs(60), async { Ok(t.await?) }).await;
@@ -684,7 +720,8 @@ async fn cycle(lane: &mut RemoteLane, sh: &Shared, n: u64) -> Result<(Cycle, Vec
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
-        lane.killer.kill(&id).await?;
+        // The controller says `starting` before it spawns the sidecar.
+        kill_now(lane, &id, Duration::from_secs(10)).await?;
     }
 
     let (ws, _) = within("recovery", Duration::from_secs(180), lane.recover(before)).await?;
@@ -733,7 +770,7 @@ async fn start(lane: &mut RemoteLane, sh: &Shared, resumed: bool) -> Result<Opti
     drop(ws);
     let old = lane.instance.clone();
     let t0 = Instant::now();
-    lane.killer.kill(&id).await?;
+    kill_now(lane, &id, Duration::ZERO).await?;
     let (ws, _) = within(
         "recovery after the resume",
         Duration::from_secs(180),
