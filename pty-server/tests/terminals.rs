@@ -80,7 +80,9 @@ async fn round_trip_resize_interrupt_and_exit_status() {
     .await;
 
     // Closing a running terminal hangs up its whole session.
-    c.input(t, "sleep 1000 & sleep 1001 &\r").await;
+    // Durations no other process on the machine is likely to use: the
+    // check below looks at every process.
+    c.input(t, "sleep 4242.17 & sleep 4242.18 &\r").await;
     c.input(t, "echo started-bg\r").await;
     c.wait_output(t, "started-bg\r\n").await;
     let r = c
@@ -93,7 +95,7 @@ async fn round_trip_resize_interrupt_and_exit_status() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ps = std::process::Command::new("pgrep")
-        .args(["-f", "sleep 100[01]"])
+        .args(["-f", "sleep 4242\\.1[78]"])
         .output()
         .unwrap();
     assert!(
@@ -337,14 +339,14 @@ async fn stopping_ends_every_session_and_leaves_no_zombies() {
         zombie_children(ws.pty_pid()).is_empty(),
         "the orphan was not reaped"
     );
-    c.input(t, "trap '' HUP; sleep 1002\r").await;
+    c.input(t, "trap '' HUP; sleep 4242.19\r").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let pid = ws.pty_pid();
     let st = ws.stop_pty();
     assert!(st.success(), "{st:?}");
     assert_eq!(c.wait_close(Duration::from_secs(5)).await, Some(4004));
     let ps = std::process::Command::new("pgrep")
-        .args(["-f", "sleep 1002"])
+        .args(["-f", "sleep 4242\\.19"])
         .output()
         .unwrap();
     assert!(ps.stdout.is_empty(), "a session survived the stop");
