@@ -726,25 +726,14 @@ impl Workspace {
                 st.dirty.remove(&p);
                 self.metrics.read_errors.inc();
             }
+            let taken = std::mem::take(&mut st.renames);
             let force_all = st.shutdown || st.waiters.iter().any(|w| w.all);
             let forced: HashSet<&String> = st.waiters.iter().flat_map(|w| w.need.keys()).collect();
             let writing: HashSet<&String> = st.writers.values().collect();
             // Paths are compared with the committed tree as it will be once
             // this batch's renames are applied.
-            let renamed;
-            let base = if st.renames.is_empty() {
-                &st.index
-            } else {
-                let mut t = st.index.clone();
-                for (from, to) in &st.renames {
-                    let _ = t.apply(&Op::Rename {
-                        from: from.clone(),
-                        to: to.clone(),
-                    });
-                }
-                renamed = t;
-                &renamed
-            };
+            let (renames, renamed) = effective_renames(&st.index, taken);
+            let base = renamed.as_ref().unwrap_or(&st.index);
             let mut items: Vec<(String, u64, Option<crate::tree::Node>)> = st
                 .dirty
                 .iter()
@@ -752,7 +741,6 @@ impl Workspace {
                 .map(|(p, g)| (p.clone(), *g, base.get(p).cloned()))
                 .collect();
             items.sort_by(|a, b| a.0.cmp(&b.0));
-            let renames = std::mem::take(&mut st.renames);
             if st.dirty.is_empty() {
                 st.first_dirty = None;
             }
@@ -1007,5 +995,95 @@ fn release_memory() {
     // SAFETY: malloc_trim only releases free memory of glibc's arenas.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// The renames of a batch that change the committed tree `index`, in order,
+/// and the tree as they leave it (`None` if there are none). A rename whose
+/// source the committed tree does not have is a no-op on replay: a file
+/// created and renamed within one commit window, which is how editors and
+/// cove-pty save (a temporary file, then a rename over the target). Such a
+/// rename is left out of the segment, so a commit's ops, and the history
+/// that lists them, name only what the commit changes; the file itself is
+/// dirty under its new name and written by the same or a later batch.
+fn effective_renames(
+    index: &Tree,
+    renames: Vec<(String, String)>,
+) -> (Vec<(String, String)>, Option<Tree>) {
+    let mut tree: Option<Tree> = None;
+    let mut kept = Vec::new();
+    for (from, to) in renames {
+        let t = tree.as_ref().unwrap_or(index);
+        if from == to || t.get(&from).is_none() || to.starts_with(&format!("{from}/")) {
+            continue;
+        }
+        let t = tree.get_or_insert_with(|| index.clone());
+        let op = Op::Rename { from, to };
+        // Lenient by design (see Tree::apply): it cannot fail for a rename.
+        let _ = t.apply(&op);
+        if let Op::Rename { from, to } = op {
+            kept.push((from, to));
+        }
+    }
+    (kept, tree)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str) -> Op {
+        Op::Write {
+            path: path.into(),
+            mode: 0o644,
+            mtime: 0,
+            size: 1,
+            inline: Some(serde_bytes::ByteBuf::from(b"x".to_vec())),
+            chunks: Vec::new(),
+        }
+    }
+
+    fn renames(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(f, t)| (f.to_string(), t.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn renames_of_uncommitted_sources_are_left_out() {
+        let mut index = Tree::new(false);
+        index.apply(&file("notes.txt")).unwrap();
+        index.apply(&file("a")).unwrap();
+        // A save through a temporary file never committed, a rename of a
+        // committed file, then a chain through a name only the batch knew.
+        let (kept, tree) = effective_renames(
+            &index,
+            renames(&[
+                (".notes.txt.cove-tmp-0123456789abcdef", "notes.txt"),
+                ("a", "b"),
+                ("b", "c"),
+                ("c", "c/d"),
+                ("gone", "c"),
+            ]),
+        );
+        assert_eq!(kept, renames(&[("a", "b"), ("b", "c")]));
+        let tree = tree.expect("the renamed tree");
+        let paths: Vec<&str> = tree.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["c", "notes.txt"]);
+        // Replaying what was kept gives the same tree as replaying it all.
+        let mut all = index.clone();
+        for (from, to) in renames(&[
+            (".notes.txt.cove-tmp-0123456789abcdef", "notes.txt"),
+            ("a", "b"),
+            ("b", "c"),
+            ("c", "c/d"),
+            ("gone", "c"),
+        ]) {
+            all.apply(&Op::Rename { from, to }).unwrap();
+        }
+        let all: Vec<&str> = all.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(all, paths);
+        let (kept, tree) = effective_renames(&index, renames(&[("x", "y")]));
+        assert!(kept.is_empty() && tree.is_none());
     }
 }
