@@ -37,7 +37,9 @@ use crate::editor::{self, Ws};
 use crate::ledger::Ledger;
 use crate::manifest::{self, now_ms, Phase, Rec, TERMINAL_MARK};
 use crate::report::{Cycle, Violation};
-use crate::run::{cycle_rng, within, Line, Shared};
+use crate::run::{
+    check_ledger, cycle_rng, wait_for_worker, within, worker_command, worker_seed, Line, Shared,
+};
 use anyhow::{bail, Context, Result};
 use futures::{SinkExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
@@ -278,11 +280,7 @@ pub fn workspace_processes(bin_dir: &Path, project: &str) -> Vec<i32> {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
-            continue;
-        };
-        let exe = PathBuf::from(exe.to_string_lossy().trim_end_matches(" (deleted)"));
-        if !ours.contains(&exe) {
+        if !crate::workspace::exe_of(pid).is_some_and(|exe| ours.contains(&exe)) {
             continue;
         }
         let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
@@ -409,7 +407,6 @@ impl RemoteLane {
 
     /// Exports the project's head and checks it against the ledger.
     async fn check(&mut self, n: u64, seed: u64, t_kill: u64) -> Result<check::Outcome> {
-        self.ledger.refresh()?;
         let export = self.dir.join("export");
         let _ = std::fs::remove_dir_all(&export);
         let out = tokio::process::Command::new(self.bin_dir.join("cove-sync"))
@@ -431,20 +428,9 @@ impl RemoteLane {
             "cove-sync export: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
-        let ledger = std::mem::take(&mut self.ledger);
-        let root = export.clone();
-        let (o, mut ledger) = within("the checks", Duration::from_secs(180), async move {
-            Ok(tokio::task::spawn_blocking(move || {
-                let o = check::check(&root, &ledger, n, seed, t_kill);
-                (o, ledger)
-            })
-            .await?)
-        })
-        .await?;
-        ledger.compact();
-        self.ledger = ledger;
+        let o = check_ledger(&mut self.ledger, export.clone(), n, seed, t_kill).await;
         let _ = std::fs::remove_dir_all(&export);
-        Ok(o)
+        o
     }
 }
 
@@ -613,24 +599,21 @@ async fn cycle(lane: &mut RemoteLane, sh: &Shared, n: u64) -> Result<(Cycle, Vec
     let (editor_ws, _) = within("connecting", Duration::from_secs(60), lane.recover(None)).await?;
 
     // The worker, on a terminal this connection is attached to.
-    let worker_seed = seed ^ (n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let state = serde_json::to_string(lane.ledger.worker_state())?;
-    let command = vec![
+    let worker_seed = worker_seed(seed, n);
+    let command = worker_command(
         lane.rc.worker.clone(),
-        "worker".into(),
-        "--root".into(),
-        ".".into(),
-        "--manifest".into(),
-        "-".into(),
-        "--state-json".into(),
-        state,
-        "--seed".into(),
-        worker_seed.to_string(),
-        "--cycle".into(),
-        n.to_string(),
-        "--tar-files".into(),
-        sh.cfg.tar_files.to_string(),
-    ];
+        worker_seed,
+        n,
+        sh.cfg.tar_files,
+        &[
+            ("--root", ".".into()),
+            ("--manifest", "-".into()),
+            (
+                "--state-json",
+                serde_json::to_string(lane.ledger.worker_state())?,
+            ),
+        ],
+    );
     let (term, early) = within(
         "starting the worker",
         Duration::from_secs(20),
@@ -651,19 +634,14 @@ async fn cycle(lane: &mut RemoteLane, sh: &Shared, n: u64) -> Result<(Cycle, Vec
         lane.editor_versions.clone(),
         lane.writer.clone(),
     ));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        lane.ledger.refresh()?;
-        if lane.ledger.worker_cycle.is_some_and(|c| c >= n) {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline && !pump.is_finished(),
-            "the worker wrote nothing within 60 s (see {})",
-            lane.dir.join("logs/worker.log").display()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_worker(
+        &mut lane.ledger,
+        n,
+        Duration::from_secs(60),
+        || !pump.is_finished(),
+        &lane.dir.join("logs/worker.log"),
+    )
+    .await?;
     tokio::time::sleep(kill_after).await;
     // A pump that ended early leaves the worker blocked at its next begin:
     // the cycle would pass with no workload.

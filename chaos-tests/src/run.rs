@@ -162,6 +162,42 @@ impl Drop for Mounts {
     }
 }
 
+/// Detaches the mounts a killed harness left under its work directory
+/// (their sidecars are gone: dead mounts, ENOTCONN to anything that looks)
+/// and removes the directory. Only a `cove-chaos-*` directory is touched.
+fn remove_stale_work(old: &Path) {
+    let is_ours = old
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("cove-chaos-"));
+    if !is_ours || !old.is_absolute() {
+        return;
+    }
+    let mounts: Vec<PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(PathBuf::from)
+        .filter(|m| m.starts_with(old))
+        .collect();
+    // Deepest first: an intruder's mount may sit below a lane's directory.
+    for m in mounts.iter().rev() {
+        if let Err(e) = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(mount = %m.display(), error = %e, "detaching a stale mount");
+        }
+    }
+    match std::fs::remove_dir_all(old) {
+        Ok(()) => tracing::info!(
+            dir = %old.display(),
+            mounts = mounts.len(),
+            "removed the stopped harness's work directory"
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %old.display(), error = %e, "removing a stale work directory")
+        }
+    }
+}
+
 /// What a run was started with (`run.json`); a resumed run reads it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct RunFile {
@@ -289,26 +325,94 @@ pub(crate) fn cycle_rng(seed: u64, n: u64) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed ^ n.wrapping_mul(0xa076_1d64_78bd_642f) ^ 0x5eed)
 }
 
+/// The worker's seed in cycle `n` (the editor's is derived from it).
+pub(crate) fn worker_seed(seed: u64, n: u64) -> u64 {
+    seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// The worker's command line in cycle `n`; `place` says where it works and
+/// where its records and state are, which differs between the targets.
+pub(crate) fn worker_command(
+    exe: String,
+    worker_seed: u64,
+    n: u64,
+    tar_files: u64,
+    place: &[(&str, String)],
+) -> Vec<String> {
+    let mut c = vec![exe, "worker".into()];
+    for (flag, value) in place {
+        c.push((*flag).into());
+        c.push(value.clone());
+    }
+    for (flag, value) in [
+        ("--seed", worker_seed),
+        ("--cycle", n),
+        ("--tar-files", tar_files),
+    ] {
+        c.push(flag.into());
+        c.push(value.to_string());
+    }
+    c
+}
+
+/// Waits for the worker of cycle `n` to be at work: its first record (the
+/// editor's records share the manifest and do not count). The kill clock
+/// starts there, so no cycle is spent on start-up alone. `alive` says
+/// whether the way to the worker is still open.
+pub(crate) async fn wait_for_worker(
+    ledger: &mut Ledger,
+    n: u64,
+    patience: Duration,
+    alive: impl Fn() -> bool,
+    log: &Path,
+) -> Result<()> {
+    let deadline = Instant::now() + patience;
+    loop {
+        ledger.refresh()?;
+        if ledger.worker_cycle.is_some_and(|c| c >= n) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline && alive(),
+            "the worker wrote nothing within {} s (see {})",
+            patience.as_secs(),
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Checks the tree at `root` against everything `ledger` recorded, then
+/// forgets what later checks cannot need. Off the runtime's threads (the
+/// checks read thousands of files), so the ledger goes with them and comes
+/// back; an error stops the run, so a ledger lost with it is never used.
+pub(crate) async fn check_ledger(
+    ledger: &mut Ledger,
+    root: PathBuf,
+    n: u64,
+    seed: u64,
+    t_kill: u64,
+) -> Result<check::Outcome> {
+    ledger.refresh()?;
+    let taken = std::mem::take(ledger);
+    let (o, mut back) = within("the checks", Duration::from_secs(180), async move {
+        Ok(tokio::task::spawn_blocking(move || {
+            let o = check::check(&root, &taken, n, seed, t_kill);
+            (o, taken)
+        })
+        .await?)
+    })
+    .await?;
+    back.compact();
+    *ledger = back;
+    Ok(o)
+}
+
 impl Lane {
     /// Checks the recovered workspace against everything the lane's
-    /// manifest recorded, then forgets what later checks cannot need.
+    /// manifest recorded.
     async fn check(&mut self, n: u64, seed: u64, t_kill: u64) -> Result<check::Outcome> {
-        self.ledger.refresh()?;
-        // Off the runtime's threads (the checks read thousands of files),
-        // so the ledger goes with them and comes back.
-        let ledger = std::mem::take(&mut self.ledger);
-        let m = self.mount.clone();
-        let (o, mut ledger) = within("the checks", Duration::from_secs(180), async move {
-            Ok(tokio::task::spawn_blocking(move || {
-                let o = check::check(&m, &ledger, n, seed, t_kill);
-                (o, ledger)
-            })
-            .await?)
-        })
-        .await?;
-        ledger.compact();
-        self.ledger = ledger;
-        Ok(o)
+        check_ledger(&mut self.ledger, self.mount.clone(), n, seed, t_kill).await
     }
 
     /// Where the next worker continues from.
@@ -335,28 +439,21 @@ async fn cycle(lane: &mut Lane, sh: &Shared, n: u64) -> Result<(Cycle, Vec<Viola
         editor::connect(&w.ide, &lane.setup.token()),
     )
     .await?;
-    let worker_seed = seed ^ (n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let worker_seed = worker_seed(seed, n);
     lane.write_state()?;
-    let command = vec![
+    let command = worker_command(
         sh.me.display().to_string(),
-        "worker".into(),
-        "--root".into(),
-        lane.mount.display().to_string(),
-        "--manifest".into(),
-        lane.manifest.display().to_string(),
-        "--state".into(),
-        lane.state_file.display().to_string(),
-        "--seed".into(),
-        worker_seed.to_string(),
-        "--cycle".into(),
-        n.to_string(),
-        "--tar".into(),
-        sh.tarball.display().to_string(),
-        "--tar-files".into(),
-        sh.cfg.tar_files.to_string(),
-        "--log".into(),
-        lane.worker_log.display().to_string(),
-    ];
+        worker_seed,
+        n,
+        sh.cfg.tar_files,
+        &[
+            ("--root", lane.mount.display().to_string()),
+            ("--manifest", lane.manifest.display().to_string()),
+            ("--state", lane.state_file.display().to_string()),
+            ("--tar", sh.tarball.display().to_string()),
+            ("--log", lane.worker_log.display().to_string()),
+        ],
+    );
     within(
         "starting the worker",
         Duration::from_secs(20),
@@ -370,22 +467,14 @@ async fn cycle(lane: &mut Lane, sh: &Shared, n: u64) -> Result<(Cycle, Vec<Viola
         lane.editor_versions.clone(),
         lane.editor_log.clone(),
     ));
-    // The kill clock starts when the worker is at work (its first record;
-    // the editor's records share the manifest and do not count), so no
-    // cycle is spent on start-up alone.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        lane.ledger.refresh()?;
-        if lane.ledger.worker_cycle.is_some_and(|c| c >= n) {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the worker wrote nothing within 30 s (see {})",
-            lane.worker_log.display()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_worker(
+        &mut lane.ledger,
+        n,
+        Duration::from_secs(30),
+        || true,
+        &lane.worker_log,
+    )
+    .await?;
     lane.proxy.set(fault.faults());
     let wait = if fault == Fault::Outage {
         // The outage, then the store back and the work going on (fsyncs
@@ -793,6 +882,13 @@ pub async fn run(mut cfg: Config) -> Result<bool> {
     }
 
     let work = tempfile::Builder::new().prefix("cove-chaos-").tempdir()?;
+    // Where this harness mounts: a resume after a killed harness detaches
+    // that one's dead mounts and removes its directory.
+    let stale_work = std::fs::read_to_string(cfg.out.join("work-dir")).ok();
+    std::fs::write(
+        cfg.out.join("work-dir"),
+        work.path().as_os_str().as_encoded_bytes(),
+    )?;
     let tarball = match &s3 {
         Some(_) => crate::worker::make_tarball(work.path(), rf.tar_files)?,
         None => PathBuf::new(),
@@ -882,6 +978,9 @@ pub async fn run(mut cfg: Config) -> Result<bool> {
                 );
             }
             lane.ledger.seal()?;
+        }
+        if let Some(old) = stale_work {
+            remove_stale_work(Path::new(old.trim()));
         }
     }
     let sh = Arc::new(Shared {

@@ -97,6 +97,9 @@ impl Setup {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cache = self.dir.join(format!("cache-{tag}-{n}"));
+        // Empty even when a killed harness left a cache of that name (the
+        // numbers start again in every harness process).
+        let _ = std::fs::remove_dir_all(&cache);
         std::fs::create_dir_all(&cache)?;
         // Not the mount point: after a kill it is a dead mount (ENOTCONN),
         // which cove-sync detaches and creates itself.
@@ -202,8 +205,8 @@ impl Setup {
     /// killed itself, so nothing stopped its workspace): the processes of
     /// the pid list that are still the same cove-sync or cove-pty (same
     /// start time), with everything below them, and any `cove-chaos
-    /// worker` writing to `manifest`. Run it for every lane before any
-    /// lane starts a process.
+    /// worker` writing to `manifest`; then removes their caches. Run it for
+    /// every lane before any lane starts a process.
     pub fn kill_leftovers(&self, manifest: &Path) -> usize {
         let mut roots = Vec::new();
         let ours = [
@@ -243,6 +246,12 @@ impl Setup {
         if !roots.is_empty() {
             kill_tree(&roots);
         }
+        // Their caches: nothing runs on them any more.
+        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with("cache-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
         roots.len()
     }
 
@@ -264,7 +273,7 @@ fn start_time(pid: i32) -> Option<u64> {
 
 /// The executable of `pid`, also when it was replaced on disk since
 /// (a rebuilt binary: the kernel adds " (deleted)").
-fn exe_of(pid: i32) -> Option<PathBuf> {
+pub(crate) fn exe_of(pid: i32) -> Option<PathBuf> {
     let p = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
     let s = p.to_string_lossy();
     Some(match s.strip_suffix(" (deleted)") {

@@ -90,6 +90,11 @@ fn a_killed_run_resumes_and_checks_every_lane() {
         !processes_with(&out.display().to_string()).is_empty(),
         "the killed harness's workspaces should still be running"
     );
+    let old_work = PathBuf::from(std::fs::read_to_string(out.join("work-dir")).unwrap());
+    assert!(
+        !mounts_under(&old_work).is_empty(),
+        "the killed harness's mounts should still be there"
+    );
 
     let second = Command::new(exe)
         .args(["run", "--resume"])
@@ -136,4 +141,28 @@ fn a_killed_run_resumes_and_checks_every_lane() {
         processes_with(&out.display().to_string()).is_empty(),
         "processes of the run are left"
     );
+    // The dead harness's mounts were detached and its directory removed;
+    // no cache was left behind.
+    assert_eq!(mounts_under(&old_work), Vec::<PathBuf>::new());
+    assert!(!old_work.exists(), "{} is left", old_work.display());
+    for lane in ["lane-0", "lane-1"] {
+        let caches: Vec<_> = std::fs::read_dir(out.join(lane).join("logs"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("cache-"))
+            .map(|e| e.path())
+            .collect();
+        assert!(caches.is_empty(), "caches left: {caches:?}");
+    }
+}
+
+/// Mount points at or below `dir`.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(PathBuf::from)
+        .filter(|m| m.starts_with(dir))
+        .collect()
 }
