@@ -11,7 +11,7 @@
 use crate::error::{ApiError, ApiResult};
 use axum::http::StatusCode;
 use base64::Engine as _;
-use cove_sync::format::{keys, CommitId, Op};
+use cove_sync::format::{CommitId, Op};
 use cove_sync::journal::{Journal, JournalError, Writer};
 use cove_sync::tree::{is_within, Content, Node, Tree};
 use serde_json::{json, Value};
@@ -43,6 +43,24 @@ fn journal_err(e: JournalError, at: CommitId) -> ApiError {
             format!("{at} is not in this project's history"),
         )
         .with(json!({"commit": at.to_string()})),
+        e => journal_store_err(e),
+    }
+}
+
+/// A store that answered with damage (a blob or segment the history names
+/// is missing or fails its hash) is not an outage: it gets its own code.
+fn journal_store_err(e: JournalError) -> ApiError {
+    match e {
+        JournalError::Missing { ref key } | JournalError::Corrupt { ref key } => {
+            let key = key.clone();
+            tracing::error!(error = %e, "the store's data is damaged");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_damaged",
+                e.to_string(),
+            )
+            .with(json!({ "key": key }))
+        }
         e => ApiError::store(e),
     }
 }
@@ -60,21 +78,7 @@ async fn bytes_of(j: &Journal, node: &Node) -> ApiResult<Vec<u8>> {
         Content::Chunks(chunks) => {
             let mut out = Vec::with_capacity(node.size as usize);
             for c in chunks {
-                match j
-                    .store()
-                    .get(&keys::blob(&c.hash))
-                    .await
-                    .map_err(ApiError::store)?
-                {
-                    Some(b) => out.extend_from_slice(&b),
-                    // Holes are not stored: the zero chunk.
-                    None if c.hash == cove_sync::hydrate::zero_hash(c.len) => {
-                        out.resize(out.len() + c.len as usize, 0)
-                    }
-                    None => {
-                        return Err(ApiError::store(format!("blob {} is missing", c.hash)));
-                    }
-                }
+                out.extend_from_slice(&j.chunk(c).await.map_err(journal_store_err)?);
             }
             Ok(out)
         }

@@ -764,6 +764,66 @@ async fn round_trip(c: Controller, mode: &str) {
     assert_eq!(l["projects"].as_array().unwrap().len(), 0, "{l}");
 }
 
+/// A past version whose blob the store lost or damaged is named
+/// (`store_damaged`, with the blob's key), never served as the file.
+#[tokio::test]
+async fn a_damaged_blob_is_named_not_served() {
+    let c = start();
+    let (s, p) = call(
+        &c,
+        "POST",
+        "/api/projects",
+        Some(r#"{"name":"big","template":"static"}"#),
+    )
+    .await;
+    assert_eq!(s, 201, "{p}");
+    let id = p["id"].as_str().unwrap().to_string();
+    let mut ws = start_and_connect(&c, &id).await;
+    // Over the inline limit (64 KiB): stored as a chunk blob.
+    let big: String = (0..100_000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let r = request(&mut ws, 2, json!({"type":"fs.write","path":"big.txt","content":big,"encoding":"utf8","base_version":null})).await;
+    assert_eq!(r["result"]["durable"], true, "{r}");
+    drop(ws);
+    let (s, _) = call(
+        &c,
+        "POST",
+        &format!("/api/projects/{id}/workspace/stop"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, h) = call(&c, "GET", &format!("/api/projects/{id}/history"), None).await;
+    let head = &h["commits"][0];
+    let at = format!("{}.{}", head["epoch"], head["seq"]);
+    let file = format!("/api/projects/{id}/history/{at}/file?path=big.txt");
+    let (s, fv) = call(&c, "GET", &file, None).await;
+    assert_eq!((s, fv["content"].as_str()), (200, Some(big.as_str())));
+
+    // The same length, other bytes: only the hash can tell.
+    let blobs = c.dir.path().join("store/blobs");
+    let mut damaged = 0;
+    for e in std::fs::read_dir(&blobs).unwrap().flatten() {
+        let len = e.metadata().unwrap().len() as usize;
+        std::fs::write(e.path(), vec![b'x'; len]).unwrap();
+        damaged += 1;
+    }
+    assert!(damaged > 0, "no blob under {}", blobs.display());
+    let (s, e) = call(&c, "GET", &file, None).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (500, Some("store_damaged")),
+        "{e}"
+    );
+    assert!(
+        e["error"]["details"]["key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("blobs/")),
+        "{e}"
+    );
+}
+
 fn pids_of(pattern: &str) -> Vec<i32> {
     let out = Command::new("pgrep")
         .args(["-f", pattern])

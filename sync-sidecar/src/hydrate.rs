@@ -345,25 +345,16 @@ async fn fill_chunks(
         .map(|(path, off, c)| {
             let root = root.clone();
             async move {
-                let key = crate::format::keys::blob(&c.hash);
-                let body = match journal.store().get(&key).await? {
-                    Some(b)
-                        if b.len() as u64 == c.len && crate::snapshot::hash_hex(&b) == c.hash =>
-                    {
-                        b
-                    }
-                    found => {
-                        // One bad blob damages one file, not the workspace.
-                        let why = if found.is_some() {
-                            "is corrupt"
-                        } else {
-                            "is missing"
-                        };
-                        let msg = format!("{path}: chunk {key} {why}");
+                let body = match journal.chunk(&c).await {
+                    Ok(b) => b,
+                    // One bad blob damages one file, not the workspace.
+                    Err(e @ (JournalError::Missing { .. } | JournalError::Corrupt { .. })) => {
+                        let msg = format!("{path}: {e}");
                         tracing::error!("{msg}");
                         progress.damaged.lock().push(msg);
                         return Ok(());
                     }
+                    Err(e) => return Err(e),
                 };
                 progress.bytes.fetch_add(c.len, Ordering::Relaxed);
                 tokio::task::spawn_blocking(move || -> JResult<()> {

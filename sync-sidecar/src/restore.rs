@@ -24,7 +24,7 @@
 //! the workspace owner (`--owner`), and directory modes are applied last,
 //! deepest first, so a read-only directory does not stop its children.
 
-use crate::format::{keys, CommitId, Op};
+use crate::format::{CommitId, Op};
 use crate::fsutil::{self, split, Root};
 use crate::journal::{Journal, JournalError};
 use crate::tree::{is_within, valid, Tree};
@@ -345,7 +345,7 @@ async fn apply(
                     file = blocking(move || file.write_all(&body).map(|_| file), &p).await?;
                 } else {
                     for c in chunks {
-                        let body = chunk(journal, &c.hash, c.len).await?;
+                        let body = journal.chunk(&c).await.map_err(RestoreError::Journal)?;
                         file = blocking(move || file.write_all(&body).map(|_| file), &p).await?;
                     }
                 }
@@ -374,26 +374,6 @@ async fn apply(
         }
         // restore_ops makes neither.
         Op::SetAttr { .. } | Op::Rename { .. } => Ok(()),
-    }
-}
-
-/// One chunk's bytes, checked; a hole (never stored) is zeros.
-async fn chunk(journal: &Journal, hash: &str, len: u64) -> Result<Vec<u8>, RestoreError> {
-    let key = keys::blob(hash);
-    match journal.store().get(&key).await {
-        Ok(Some(b)) if b.len() as u64 == len && crate::snapshot::hash_hex(&b) == hash => {
-            Ok(b.to_vec())
-        }
-        Ok(None) if hash == crate::hydrate::zero_hash(len) => Ok(vec![0; len as usize]),
-        Ok(found) => Err(RestoreError::Journal(JournalError::Other(format!(
-            "{key} is {}",
-            if found.is_some() {
-                "corrupt"
-            } else {
-                "missing"
-            }
-        )))),
-        Err(e) => Err(RestoreError::Journal(e.into())),
     }
 }
 

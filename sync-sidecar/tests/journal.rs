@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use cove_sync::format::{keys, CommitId, Op};
+use cove_sync::format::{keys, ChunkRef, CommitId, Op};
 use cove_sync::journal::{Journal, JournalError, Writer};
 use cove_sync::store::{DynStore, FaultStore};
 use cove_sync::tree::{Content, Tree};
@@ -201,6 +201,56 @@ async fn a_corrupt_segment_is_named_and_earlier_states_stay_readable() {
         matches!(err, JournalError::NoCommit(_)) || err.to_string().contains(&key),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_chunk_is_checked_against_its_reference() {
+    let (_d, store) = common::dir_store();
+    let j = new_project(&store).await;
+    let data = Bytes::from_static(b"some chunk of a large file");
+    let good = ChunkRef {
+        hash: cove_sync::snapshot::hash_hex(&data),
+        len: data.len() as u64,
+    };
+    store
+        .put(&keys::blob(&good.hash), data.clone())
+        .await
+        .unwrap();
+    assert_eq!(j.chunk(&good).await.unwrap(), data);
+
+    // A blob whose bytes do not match: same length, other content.
+    store
+        .put(
+            &keys::blob(&good.hash),
+            Bytes::from_static(b"SOME CHUNK OF A LARGE FILE"),
+        )
+        .await
+        .unwrap();
+    let err = j.chunk(&good).await.unwrap_err();
+    assert!(matches!(err, JournalError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains(&keys::blob(&good.hash)), "{err}");
+    // A length the reference does not record.
+    let short = ChunkRef {
+        len: good.len + 1,
+        ..good.clone()
+    };
+    store.put(&keys::blob(&good.hash), data).await.unwrap();
+    assert!(matches!(
+        j.chunk(&short).await,
+        Err(JournalError::Corrupt { .. })
+    ));
+
+    // Missing: named, except a zero chunk, which reads as zeros.
+    store.delete(&keys::blob(&good.hash)).await.unwrap();
+    assert!(matches!(
+        j.chunk(&good).await,
+        Err(JournalError::Missing { .. })
+    ));
+    let zeros = ChunkRef {
+        hash: cove_sync::hydrate::zero_hash(1000),
+        len: 1000,
+    };
+    assert_eq!(j.chunk(&zeros).await.unwrap(), Bytes::from(vec![0u8; 1000]));
 }
 
 #[tokio::test]
