@@ -172,15 +172,17 @@ fn remove_stale_work(old: &Path) {
     if !is_ours || !old.is_absolute() {
         return;
     }
-    let mounts: Vec<PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
+    // (Paths with spaces are octal-escaped there; ours have none.)
+    let mut mounts: Vec<PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split_whitespace().nth(4))
         .map(PathBuf::from)
         .filter(|m| m.starts_with(old))
         .collect();
-    // Deepest first: an intruder's mount may sit below a lane's directory.
-    for m in mounts.iter().rev() {
+    // Deepest first, so no mount is detached from under another.
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    for m in &mounts {
         if let Err(e) = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH) {
             tracing::warn!(mount = %m.display(), error = %e, "detaching a stale mount");
         }
@@ -882,13 +884,6 @@ pub async fn run(mut cfg: Config) -> Result<bool> {
     }
 
     let work = tempfile::Builder::new().prefix("cove-chaos-").tempdir()?;
-    // Where this harness mounts: a resume after a killed harness detaches
-    // that one's dead mounts and removes its directory.
-    let stale_work = std::fs::read_to_string(cfg.out.join("work-dir")).ok();
-    std::fs::write(
-        cfg.out.join("work-dir"),
-        work.path().as_os_str().as_encoded_bytes(),
-    )?;
     let tarball = match &s3 {
         Some(_) => crate::worker::make_tarball(work.path(), rf.tar_files)?,
         None => PathBuf::new(),
@@ -979,10 +974,17 @@ pub async fn run(mut cfg: Config) -> Result<bool> {
             }
             lane.ledger.seal()?;
         }
-        if let Some(old) = stale_work {
+        if let Ok(old) = std::fs::read_to_string(cfg.out.join("work-dir")) {
             remove_stale_work(Path::new(old.trim()));
         }
     }
+    // Where this harness mounts, recorded once the last one's is cleaned
+    // and before any mount: a resume after this harness is killed detaches
+    // its dead mounts and removes the directory.
+    std::fs::write(
+        cfg.out.join("work-dir"),
+        work.path().as_os_str().as_encoded_bytes(),
+    )?;
     let sh = Arc::new(Shared {
         out: cfg.out.clone(),
         tarball,

@@ -11,7 +11,7 @@
 use crate::error::{ApiError, ApiResult};
 use axum::http::StatusCode;
 use base64::Engine as _;
-use cove_sync::format::{CommitId, Op};
+use cove_sync::format::{CommitId, FormatError, Op};
 use cove_sync::journal::{Journal, JournalError, Writer};
 use cove_sync::tree::{is_within, Content, Node, Tree};
 use serde_json::{json, Value};
@@ -51,7 +51,9 @@ fn journal_err(e: JournalError, at: CommitId) -> ApiError {
 /// is missing or fails its hash) is not an outage: it gets its own code.
 fn journal_store_err(e: JournalError) -> ApiError {
     match e {
-        JournalError::Missing { ref key } | JournalError::Corrupt { ref key } => {
+        JournalError::Missing { ref key }
+        | JournalError::Corrupt { ref key }
+        | JournalError::Format(FormatError::Corrupt { ref key, .. }) => {
             let key = key.clone();
             tracing::error!(error = %e, "the store's data is damaged");
             ApiError::new(
@@ -162,7 +164,7 @@ pub async fn list(
     filter: Option<&str>,
 ) -> ApiResult<Value> {
     const SCAN: usize = 1000;
-    let chain = j.chain().await.map_err(ApiError::store)?;
+    let chain = j.chain().await.map_err(journal_store_err)?;
     let ids: Vec<CommitId> = chain
         .commits()
         .filter(|c| c.seq > 0 && before.is_none_or(|b| c.seq < b))
@@ -174,7 +176,7 @@ pub async fn list(
             next_before = Some(c.seq + 1);
             break;
         }
-        let seg = j.read_segment(*c).await.map_err(ApiError::store)?;
+        let seg = j.read_segment(*c).await.map_err(journal_store_err)?;
         let mut paths: Vec<String> = Vec::new();
         for op in &seg.ops {
             if let Op::Rename { from, .. } = op {
@@ -236,10 +238,10 @@ pub async fn restore_stopped(j: &Journal, at: CommitId, path: &str) -> ApiResult
     if changed == 0 {
         return Ok(json!({"files_changed": 0, "durable": true, "commit": head}));
     }
-    let epoch = j.max_claim().await.map_err(ApiError::store)? + 1;
+    let epoch = j.max_claim().await.map_err(journal_store_err)? + 1;
     let (mut w, _) = Writer::open(j.clone(), Some(epoch))
         .await
-        .map_err(ApiError::store)?;
-    let commit = w.append(ops).await.map_err(ApiError::store)?;
+        .map_err(journal_store_err)?;
+    let commit = w.append(ops).await.map_err(journal_store_err)?;
     Ok(json!({"files_changed": changed, "durable": true, "commit": commit}))
 }

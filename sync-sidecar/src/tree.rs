@@ -136,6 +136,16 @@ impl Tree {
         self.nodes.insert(path.to_owned(), node);
     }
 
+    /// Whether a rename from `from` to `to` changes this tree: not when
+    /// the names are equal, `from` does not exist, or `to` is inside
+    /// `from` (refused, as the kernel does). Otherwise [`Tree::apply`]
+    /// moves the subtree.
+    pub fn rename_moves(&self, from: &str, to: &str) -> bool {
+        from != to
+            && self.nodes.contains_key(from)
+            && !(to.len() > from.len() && to.starts_with(from) && to.as_bytes()[from.len()] == b'/')
+    }
+
     /// Apply one op with the lenient semantics documented on [`Op`].
     pub fn apply(&mut self, op: &Op) -> Result<(), FormatError> {
         op.validate()?;
@@ -204,10 +214,7 @@ impl Tree {
                 }
             }
             Op::Rename { from, to } => {
-                if from == to
-                    || !self.nodes.contains_key(from)
-                    || to.starts_with(&format!("{from}/"))
-                {
+                if !self.rename_moves(from, to) {
                     return Ok(());
                 }
                 let (lo, hi) = below(from);

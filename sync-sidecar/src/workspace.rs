@@ -710,7 +710,7 @@ impl Workspace {
     async fn commit_once(self: &Arc<Self>, writer: &mut Writer) -> Result<(), JournalError> {
         let t0 = Instant::now();
         // 1. Take a batch.
-        let (batch_no, items, renames) = {
+        let (batch_no, items, renames, rename_ops) = {
             let mut st = self.state.lock();
             st.batches_taken += 1;
             // A path the format cannot hold (over PATH_MAX) is reported and
@@ -732,7 +732,7 @@ impl Workspace {
             let writing: HashSet<&String> = st.writers.values().collect();
             // Paths are compared with the committed tree as it will be once
             // this batch's renames are applied.
-            let (renames, renamed) = effective_renames(&st.index, taken);
+            let (rename_ops, renamed) = effective_renames(&st.index, &taken);
             let base = renamed.as_ref().unwrap_or(&st.index);
             let mut items: Vec<(String, u64, Option<crate::tree::Node>)> = st
                 .dirty
@@ -744,7 +744,9 @@ impl Workspace {
             if st.dirty.is_empty() {
                 st.first_dirty = None;
             }
-            (st.batches_taken, items, renames)
+            // All of them go back if the batch cannot be read: the index
+            // is unchanged until it is, so they are weighed again.
+            (st.batches_taken, items, taken, rename_ops)
         };
 
         // 2. Read them, off the runtime.
@@ -794,7 +796,7 @@ impl Workspace {
         };
 
         // 3. Keep only what did not change while it was read.
-        if results.is_empty() && failed.is_empty() && renames.is_empty() {
+        if results.is_empty() && failed.is_empty() && rename_ops.is_empty() {
             // Everything changed while it was read: let the writer finish.
             tokio::time::sleep(self.cfg.debounce).await;
         }
@@ -807,13 +809,7 @@ impl Workspace {
                 st.unreadable.insert(p.clone(), e.clone());
                 self.metrics.read_errors.inc();
             }
-            let mut ops: Vec<Op> = renames
-                .iter()
-                .map(|(f, t)| Op::Rename {
-                    from: f.clone(),
-                    to: t.clone(),
-                })
-                .collect();
+            let mut ops: Vec<Op> = rename_ops;
             let mut committed = Vec::new();
             for (path, gen, op) in results {
                 if st.dirty.get(&path) != Some(&gen) {
@@ -998,34 +994,43 @@ fn release_memory() {
     }
 }
 
-/// The renames of a batch that change the committed tree `index`, in order,
-/// and the tree as they leave it (`None` if there are none). A rename whose
-/// source the committed tree does not have is a no-op on replay: a file
-/// created and renamed within one commit window, which is how editors and
-/// cove-pty save (a temporary file, then a rename over the target). Such a
-/// rename is left out of the segment, so a commit's ops, and the history
-/// that lists them, name only what the commit changes; the file itself is
-/// dirty under its new name and written by the same or a later batch.
-fn effective_renames(
-    index: &Tree,
-    renames: Vec<(String, String)>,
-) -> (Vec<(String, String)>, Option<Tree>) {
+/// The ops for a batch's renames (`(from, to)`, in order) that change the
+/// committed tree `index`, and the tree as they leave it (`None` if none
+/// do). A rename whose source the committed tree does not have is a no-op
+/// on replay: a file created and renamed within one commit window, which is
+/// how editors and cove-pty save (a temporary file, then a rename over the
+/// target). Such a rename is left out of the segment, so a commit's ops,
+/// and the history that lists them, name only what the commit changes; the
+/// file itself is dirty under its new name and written by the same or a
+/// later batch. A rename to a path the format cannot hold (over PATH_MAX)
+/// becomes a delete of its source: the entry left the storable tree, and a
+/// segment naming that path would be refused by every reader.
+fn effective_renames(index: &Tree, renames: &[(String, String)]) -> (Vec<Op>, Option<Tree>) {
     let mut tree: Option<Tree> = None;
-    let mut kept = Vec::new();
+    let mut ops = Vec::new();
     for (from, to) in renames {
-        let t = tree.as_ref().unwrap_or(index);
-        if from == to || t.get(&from).is_none() || to.starts_with(&format!("{from}/")) {
+        if !tree.as_ref().unwrap_or(index).rename_moves(from, to) {
             continue;
         }
+        let op = if crate::tree::valid(to) {
+            Op::Rename {
+                from: from.clone(),
+                to: to.clone(),
+            }
+        } else {
+            tracing::warn!(path = %from, "renamed to a path longer than PATH_MAX; recorded as deleted");
+            Op::Delete { path: from.clone() }
+        };
         let t = tree.get_or_insert_with(|| index.clone());
-        let op = Op::Rename { from, to };
-        // Lenient by design (see Tree::apply): it cannot fail for a rename.
-        let _ = t.apply(&op);
-        if let Op::Rename { from, to } = op {
-            kept.push((from, to));
+        if let Err(e) = t.apply(&op) {
+            // Cannot happen for valid paths; never publish what the index
+            // could not take.
+            tracing::error!(error = %e, "rename left out of the commit");
+            continue;
         }
+        ops.push(op);
     }
-    (kept, tree)
+    (ops, tree)
 }
 
 #[cfg(test)]
@@ -1049,41 +1054,69 @@ mod tests {
             .collect()
     }
 
+    fn nodes(t: &Tree) -> Vec<(String, crate::tree::Node)> {
+        t.iter().map(|(p, n)| (p.clone(), n.clone())).collect()
+    }
+
     #[test]
     fn renames_of_uncommitted_sources_are_left_out() {
         let mut index = Tree::new(false);
         index.apply(&file("notes.txt")).unwrap();
         index.apply(&file("a")).unwrap();
+        index.apply(&file("x")).unwrap();
+        let deep = vec!["d"; 2100].join("/");
         // A save through a temporary file never committed, a rename of a
-        // committed file, then a chain through a name only the batch knew.
-        let (kept, tree) = effective_renames(
-            &index,
-            renames(&[
-                (".notes.txt.cove-tmp-0123456789abcdef", "notes.txt"),
-                ("a", "b"),
-                ("b", "c"),
-                ("c", "c/d"),
-                ("gone", "c"),
-            ]),
-        );
-        assert_eq!(kept, renames(&[("a", "b"), ("b", "c")]));
-        let tree = tree.expect("the renamed tree");
-        let paths: Vec<&str> = tree.iter().map(|(p, _)| p.as_str()).collect();
-        assert_eq!(paths, ["c", "notes.txt"]);
-        // Replaying what was kept gives the same tree as replaying it all.
-        let mut all = index.clone();
-        for (from, to) in renames(&[
+        // committed file, a chain through a name only the batch knew, a
+        // rename into itself, one from a name that is gone, and one to a
+        // path the format cannot hold.
+        let batch = renames(&[
             (".notes.txt.cove-tmp-0123456789abcdef", "notes.txt"),
             ("a", "b"),
             ("b", "c"),
             ("c", "c/d"),
             ("gone", "c"),
-        ]) {
-            all.apply(&Op::Rename { from, to }).unwrap();
+            ("x", &deep),
+        ]);
+        let (ops, tree) = effective_renames(&index, &batch);
+        assert_eq!(
+            ops,
+            [
+                Op::Rename {
+                    from: "a".into(),
+                    to: "b".into()
+                },
+                Op::Rename {
+                    from: "b".into(),
+                    to: "c".into()
+                },
+                Op::Delete { path: "x".into() },
+            ]
+        );
+        // Replaying the ops gives the tree the helper reports...
+        let mut replayed = index.clone();
+        for op in &ops {
+            replayed.apply(op).unwrap();
         }
-        let all: Vec<&str> = all.iter().map(|(p, _)| p.as_str()).collect();
-        assert_eq!(all, paths);
-        let (kept, tree) = effective_renames(&index, renames(&[("x", "y")]));
-        assert!(kept.is_empty() && tree.is_none());
+        let tree = tree.expect("the renamed tree");
+        assert_eq!(nodes(&replayed), nodes(&tree));
+        // ...which is what replaying every rename gives, except the one the
+        // format cannot hold (a reader refuses it, so it is a delete).
+        let mut all = index.clone();
+        for (from, to) in &batch[..5] {
+            all.apply(&Op::Rename {
+                from: from.clone(),
+                to: to.clone(),
+            })
+            .unwrap();
+        }
+        all.apply(&Op::Delete { path: "x".into() }).unwrap();
+        assert_eq!(nodes(&all), nodes(&tree));
+        assert_eq!(
+            tree.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+            ["c", "notes.txt"]
+        );
+
+        let (ops, tree) = effective_renames(&index, &renames(&[("y", "z")]));
+        assert!(ops.is_empty() && tree.is_none());
     }
 }
