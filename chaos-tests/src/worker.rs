@@ -52,6 +52,17 @@ impl Worker {
             Some((p, n)) => (Some(p), n),
             None => (None, 0),
         };
+        // Work from inside the workspace, as a user's process does: a
+        // sidecar's graceful stop detaches the mount lazily, and a process
+        // that named files by absolute path would from then on write into
+        // the bare mount point on the local disk, where an fsync succeeds
+        // without Cove ever seeing the write (the release run's only
+        // failures, traced in docs/durability.md). Relative to a working
+        // directory inside the mount, every operation reaches the sidecar
+        // that is stopping, which commits it or fails it, until it is gone
+        // and the mount answers ENOTCONN.
+        std::env::set_current_dir(&root).with_context(|| format!("entering {}", root.display()))?;
+        let root = PathBuf::from(".");
         let mut w = Self {
             m,
             rng: rand::rngs::StdRng::seed_from_u64(seed),
