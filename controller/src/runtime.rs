@@ -221,7 +221,14 @@ impl LocalRuntime {
         let dir = self.cfg.data_dir.join("workspaces").join(&p);
         let (cache, root) = (dir.join("cache"), dir.join("workspace"));
         std::fs::create_dir_all(&cache).map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+        match std::fs::create_dir_all(&root) {
+            // A sidecar that was killed leaves a dead FUSE mount here, which
+            // answers ENOTCONN once the kernel's attribute cache has
+            // expired, and create_dir_all then reports "File exists".
+            // cove-sync detaches a stale mount itself before it mounts.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            r => r.map_err(|e| e.to_string())?,
+        }
         let (api, ide, preview, admin, app) = {
             let mut taken = self.ports.lock();
             let mut pick = || -> Result<u16, String> {

@@ -835,6 +835,56 @@ fn pids_of(pattern: &str) -> Vec<i32> {
         .collect()
 }
 
+/// A workspace whose sidecar was killed until the controller gave up
+/// starts again later, over the dead FUSE mount the last kill left. (When
+/// the kernel has no attributes of the mount's root cached, a dead mount
+/// answers ENOTCONN and every start failed with "File exists"; that case
+/// depends on timing and is what the chaos harness's controller test hit,
+/// killing a sidecar right after it mounted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fuse_workspace_starts_again_over_its_dead_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let c = start_mode("fuse", &[], &[]);
+    let (_, p) = call(
+        &c,
+        "POST",
+        "/api/projects",
+        Some(r#"{"name":"dead mount","template":"static"}"#),
+    )
+    .await;
+    let id = p["id"].as_str().unwrap().to_string();
+    let ws = start_and_connect(&c, &id).await;
+    drop(ws);
+    let pattern = format!("cove-sync .*serve --project {id}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut killed = Vec::new();
+    loop {
+        let (_, w) = call(&c, "GET", &format!("/api/projects/{id}/workspace"), None).await;
+        if w["state"] == "failed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never gave up: {w}");
+        for pid in pids_of(&pattern) {
+            if !killed.contains(&pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::SIGKILL,
+                );
+                killed.push(pid);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Past the kernel's attribute cache: the mount point now answers
+    // ENOTCONN.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut ws = start_and_connect(&c, &id).await;
+    let r = request(&mut ws, 2, json!({"type":"fs.read","path":"index.html"})).await;
+    assert!(r["result"]["content"].is_string(), "{r}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_children_are_restarted_idle_workspaces_stop_and_nothing_is_orphaned() {
     let mut c = start_with(&["--idle-timeout-secs", "3"]);
