@@ -106,13 +106,12 @@ async fn main() -> Result<()> {
     };
     let mode = match a.mode.as_str() {
         "auto" => {
-            let fuse = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/fuse")
-                .is_ok()
-                && nix::unistd::geteuid().is_root();
-            if fuse { "fuse" } else { "watch" }.to_string()
+            if cove_sync::fuse_usable() {
+                "fuse"
+            } else {
+                "watch"
+            }
+            .to_string()
         }
         m => m.to_string(),
     };

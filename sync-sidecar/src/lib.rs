@@ -30,3 +30,15 @@ pub mod store;
 pub mod tree;
 pub mod watch;
 pub mod workspace;
+
+/// Whether this process can serve a FUSE mount: `/dev/fuse` opens
+/// read-write and we are root (cove-sync mounts without fusermount3).
+/// The one check for `--mode auto` here, in the controller and in tests.
+pub fn fuse_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok()
+        && nix::unistd::geteuid().is_root()
+}

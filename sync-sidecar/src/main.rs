@@ -322,15 +322,6 @@ async fn tree_of_dir(store: &DynStore, dir: &Path) -> Result<cove_sync::tree::Tr
         .with_context(|| format!("reading {}", dir.display()))
 }
 
-fn fuse_usable() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .is_ok()
-        && nix::unistd::geteuid().is_root()
-}
-
 /// A FUSE mount left at `path` by a killed sidecar: detach it. Looked up
 /// in /proc/self/mountinfo, not by `stat`: the kernel answers `stat` of a
 /// dead mount from its attribute cache for up to a second, so a restart
@@ -423,7 +414,7 @@ async fn serve(
     let fuse_mode = match mode {
         Mode::Fuse => true,
         Mode::Watch => false,
-        Mode::Auto => fuse_usable(),
+        Mode::Auto => cove_sync::fuse_usable(),
     };
     clear_stale_mount(workspace_dir);
     std::fs::create_dir_all(workspace_dir)
