@@ -105,14 +105,12 @@ async fn main() -> Result<()> {
             .to_path_buf(),
     };
     let mode = match a.mode.as_str() {
-        "auto" => {
-            if cove_sync::fuse_usable() {
-                "fuse"
-            } else {
-                "watch"
-            }
-            .to_string()
+        "auto" => if cove_sync::fuse_usable() {
+            "fuse"
+        } else {
+            "watch"
         }
+        .to_string(),
         m => m.to_string(),
     };
     let host = format!("localhost:{}", a.port);

@@ -3,7 +3,9 @@
 
 use crate::files::Entry;
 use crate::outbox::{self, Out, Outbox};
-use crate::protocol::{self, close, ApiError, ApiResult, Code};
+use crate::protocol::{
+    self, close, ApiError, ApiResult, Code, ReadEncoding, Request, TermCreate, WriteEncoding,
+};
 use crate::server::App;
 use crate::sidecar::FlushError;
 use crate::terminal::CreateRequest;
@@ -26,7 +28,7 @@ struct Conn {
     id: u64,
     out: Outbox,
     in_flight: Mutex<HashSet<u64>>,
-    fs_queue: mpsc::UnboundedSender<(u64, String, Value)>,
+    fs_queue: mpsc::UnboundedSender<(u64, String, Request)>,
 }
 
 /// Token bucket over text and INPUT frames (§13). Waiting here stops
@@ -268,37 +270,12 @@ fn envelope(t: &str) -> Option<(u64, String, Value)> {
     Some((id, ty, v))
 }
 
-fn field_str<'a>(v: &'a Value, f: &str) -> ApiResult<&'a str> {
-    v.get(f)
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::bad_request(f, format!("`{f}` must be a string")))
-}
-
-fn field_u64(v: &Value, f: &str) -> ApiResult<u64> {
-    v.get(f)
-        .and_then(Value::as_u64)
-        .ok_or_else(|| ApiError::bad_request(f, format!("`{f}` must be a non-negative integer")))
-}
-
-fn opt_bool(v: &Value, f: &str) -> ApiResult<bool> {
-    match v.get(f) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        _ => Err(ApiError::bad_request(f, format!("`{f}` must be a boolean"))),
-    }
-}
-
-fn size(v: &Value, f: &str, max: u64) -> ApiResult<u16> {
-    let n = field_u64(v, f)?;
-    if n == 0 || n > max {
+/// §6.2: `cols` 1–1000, `rows` 1–500.
+fn size(v: u16, f: &str, max: u16) -> ApiResult<u16> {
+    if v == 0 || v > max {
         return Err(ApiError::bad_request(f, format!("`{f}` must be 1–{max}")));
     }
-    Ok(n as u16)
-}
-
-fn terminal_id(v: &Value) -> ApiResult<u32> {
-    let n = field_u64(v, "terminal")?;
-    u32::try_from(n).map_err(|_| ApiError::bad_request("terminal", "`terminal` out of range"))
+    Ok(v)
 }
 
 impl Conn {
@@ -354,7 +331,7 @@ impl Conn {
     }
 }
 
-async fn dispatch(conn: &Arc<Conn>, id: u64, ty: String, req: Value) {
+async fn dispatch(conn: &Arc<Conn>, id: u64, ty: String, raw: Value) {
     let started = Instant::now();
     if let Err(e) = conn.begin(id) {
         // Not in flight: answer without touching the in-flight set.
@@ -364,67 +341,57 @@ async fn dispatch(conn: &Arc<Conn>, id: u64, ty: String, req: Value) {
     if ty != "hello" {
         conn.app.activity.touch();
     }
+    let req = match Request::parse(&ty, &raw) {
+        Ok(r) => r,
+        Err(e) => return conn.finish(id, &ty, started, Err(e)),
+    };
     let app = &conn.app;
     let terms = &app.terms;
-    let r: Option<ApiResult<Value>> = match ty.as_str() {
-        "hello" => Some(Err(ApiError::new(
+    // Requests whose answer comes later (a terminal's result goes out
+    // before its output) remove themselves from the in-flight set.
+    let answered_by_terminal = |r: ApiResult<()>| match r {
+        Ok(()) => {
+            conn.in_flight.lock().remove(&id);
+            app.metrics
+                .request(&ty, "ok", started.elapsed().as_secs_f64());
+            None
+        }
+        Err(e) => Some(Err(e)),
+    };
+    let r: Option<ApiResult<Value>> = match req {
+        Request::Hello(_) => Some(Err(ApiError::new(
             Code::BadRequest,
             "hello was already sent",
         ))),
-        "term.list" => Some(Ok(json!({"terminals": terms.list()}))),
-        "term.create" => match term_create(conn, &req) {
-            Ok(cr) => match terms.create(cr, &conn.out, id) {
-                // The result was sent by create, before any output.
-                Ok(()) => {
-                    conn.in_flight.lock().remove(&id);
-                    app.metrics
-                        .request(&ty, "ok", started.elapsed().as_secs_f64());
-                    None
-                }
-                Err(e) => Some(Err(e)),
-            },
-            Err(e) => Some(Err(e)),
-        },
-        "term.attach" => match terminal_id(&req).and_then(|t| terms.attach(t, &conn.out, id)) {
-            Ok(()) => {
-                conn.in_flight.lock().remove(&id);
-                app.metrics
-                    .request(&ty, "ok", started.elapsed().as_secs_f64());
-                None
-            }
-            Err(e) => Some(Err(e)),
-        },
-        "term.detach" => Some(
-            terminal_id(&req)
-                .and_then(|t| terms.detach(t, conn.id))
-                .map(|_| json!({})),
+        Request::TermList => Some(Ok(json!({"terminals": terms.list()}))),
+        Request::TermCreate(t) => answered_by_terminal(
+            term_create(conn, t).and_then(|cr| terms.create(cr, &conn.out, id)),
         ),
-        "term.resize" => Some((|| {
-            let t = terminal_id(&req)?;
-            let cols = size(&req, "cols", 1000)?;
-            let rows = size(&req, "rows", 500)?;
-            terms.resize(t, conn.id, cols, rows).map(|_| json!({}))
+        Request::TermAttach(t) => answered_by_terminal(terms.attach(t.terminal, &conn.out, id)),
+        Request::TermDetach(t) => Some(terms.detach(t.terminal, conn.id).map(|_| json!({}))),
+        Request::TermResize(t) => Some((|| {
+            let cols = size(t.cols, "cols", 1000)?;
+            let rows = size(t.rows, "rows", 500)?;
+            terms
+                .resize(t.terminal, conn.id, cols, rows)
+                .map(|_| json!({}))
         })()),
-        "term.close" => {
+        Request::TermClose(t) => {
             let c = conn.clone();
             let ty = ty.clone();
             tokio::spawn(async move {
-                let r = match terminal_id(&req) {
-                    Ok(t) => c
-                        .app
-                        .terms
-                        .close(t)
-                        .await
-                        .map(|exit| json!({ "exit": exit })),
-                    Err(e) => Err(e),
-                };
+                let r = c
+                    .app
+                    .terms
+                    .close(t.terminal)
+                    .await
+                    .map(|exit| json!({ "exit": exit }));
                 c.finish(id, &ty, started, r);
             });
             None
         }
-        "fs.subscribe" => Some((|| {
-            let p = field_str(&req, "path")?;
-            app.files.check(p)?;
+        Request::FsSubscribe(p) => Some((|| {
+            app.files.check(&p.path)?;
             let max = app.cfg.limits.max_subscriptions;
             if app.feed.count(conn.id) >= max {
                 return Err(ApiError::new(
@@ -433,135 +400,75 @@ async fn dispatch(conn: &Arc<Conn>, id: u64, ty: String, req: Value) {
                 )
                 .with(json!({ "limit": max })));
             }
-            Ok(json!({"subscription": app.feed.subscribe(&conn.out, p)}))
+            Ok(json!({"subscription": app.feed.subscribe(&conn.out, &p.path)}))
         })()),
-        "fs.unsubscribe" => Some((|| {
-            let s = field_u64(&req, "subscription")?;
-            if app.feed.unsubscribe(conn.id, s) {
-                Ok(json!({}))
-            } else {
-                Err(
-                    ApiError::new(Code::NotFound, format!("no subscription {s}"))
-                        .with(json!({ "subscription": s })),
-                )
-            }
-        })()),
-        t if t.starts_with("fs.") && FS_TYPES.contains(&t) => {
+        Request::FsUnsubscribe(s) => Some(if app.feed.unsubscribe(conn.id, s.subscription) {
+            Ok(json!({}))
+        } else {
+            Err(ApiError::new(
+                Code::NotFound,
+                format!("no subscription {}", s.subscription),
+            )
+            .with(json!({ "subscription": s.subscription })))
+        }),
+        fs => {
             // §4.4: fs requests start in order, one after the other.
-            let _ = conn.fs_queue.send((id, ty.clone(), req));
+            let _ = conn.fs_queue.send((id, ty.clone(), fs));
             None
         }
-        _ => Some(Err(ApiError::new(
-            Code::UnknownType,
-            format!("unknown request type {ty:?}"),
-        )
-        .with(json!({ "type": ty })))),
     };
     if let Some(r) = r {
         conn.finish(id, &ty, started, r);
     }
 }
 
-const FS_TYPES: [&str; 8] = [
-    "fs.stat",
-    "fs.list",
-    "fs.read",
-    "fs.write",
-    "fs.create",
-    "fs.mkdir",
-    "fs.rename",
-    "fs.delete",
-];
-
-fn term_create(conn: &Conn, req: &Value) -> ApiResult<CreateRequest> {
+fn term_create(conn: &Conn, t: TermCreate) -> ApiResult<CreateRequest> {
     conn.ready()?;
     conn.not_stopping()?;
-    let command = match req.get("command") {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(a)) => Some(
-            a.iter()
-                .map(|v| v.as_str().map(str::to_string))
-                .collect::<Option<Vec<_>>>()
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "command",
-                        "`command` must be a non-empty array of strings",
-                    )
-                })?,
-        ),
-        _ => {
-            return Err(ApiError::bad_request(
-                "command",
-                "`command` must be an array of strings",
-            ))
-        }
-    };
-    let cwd_rel = match req.get("cwd") {
-        None | Some(Value::Null) => "",
-        Some(Value::String(s)) => s.as_str(),
-        _ => return Err(ApiError::bad_request("cwd", "`cwd` must be a string")),
-    };
-    let cwd = conn.app.files.resolve_dir(cwd_rel)?;
-    let mut env = Vec::new();
-    match req.get("env") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(m)) => {
-            for (k, v) in m {
-                let v = v
-                    .as_str()
-                    .ok_or_else(|| ApiError::bad_request("env", "`env` values must be strings"))?;
-                if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-                    return Err(ApiError::bad_request(
-                        "env",
-                        format!("invalid environment variable {k:?}"),
-                    ));
-                }
-                env.push((k.clone(), v.to_string()));
-            }
-        }
-        _ => return Err(ApiError::bad_request("env", "`env` must be an object")),
+    if t.command.as_ref().is_some_and(Vec::is_empty) {
+        return Err(ApiError::bad_request(
+            "command",
+            "`command` must be a non-empty array of strings",
+        ));
     }
-    let name = match req.get("name") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) if s.len() <= 64 => s.clone(),
-        _ => {
+    let cwd_rel = t.cwd.unwrap_or_default();
+    let cwd = conn.app.files.resolve_dir(&cwd_rel)?;
+    let mut env = Vec::new();
+    for (k, v) in t.env.unwrap_or_default() {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
             return Err(ApiError::bad_request(
-                "name",
-                "`name` must be a string of at most 64 bytes",
-            ))
+                "env",
+                format!("invalid environment variable {k:?}"),
+            ));
         }
-    };
-    let attach = match req.get("attach") {
-        None | Some(Value::Null) => true,
-        Some(Value::Bool(b)) => *b,
-        _ => {
-            return Err(ApiError::bad_request(
-                "attach",
-                "`attach` must be a boolean",
-            ))
-        }
-    };
+        env.push((k, v));
+    }
+    let name = t.name.unwrap_or_default();
+    if name.len() > 64 {
+        return Err(ApiError::bad_request(
+            "name",
+            "`name` must be a string of at most 64 bytes",
+        ));
+    }
     Ok(CreateRequest {
-        command,
+        command: t.command,
         cwd,
-        cwd_rel: cwd_rel.to_string(),
+        cwd_rel,
         env,
-        cols: size(req, "cols", 1000)?,
-        rows: size(req, "rows", 500)?,
+        cols: size(t.cols, "cols", 1000)?,
+        rows: size(t.rows, "rows", 500)?,
         name,
-        attach,
+        attach: t.attach.unwrap_or(true),
     })
 }
 
 /// Runs a connection's fs requests one at a time; waiting for durability
 /// happens beside it, so a slow store does not hold up reads.
-async fn fs_worker(conn: Arc<Conn>, mut rx: mpsc::UnboundedReceiver<(u64, String, Value)>) {
+async fn fs_worker(conn: Arc<Conn>, mut rx: mpsc::UnboundedReceiver<(u64, String, Request)>) {
     while let Some((id, ty, req)) = rx.recv().await {
         let started = Instant::now();
         let c = conn.clone();
-        let ty2 = ty.clone();
-        let r = tokio::task::spawn_blocking(move || fs_effect(&c, &ty2, &req))
+        let r = tokio::task::spawn_blocking(move || fs_effect(&c, req))
             .await
             .unwrap_or_else(|e| {
                 Err(ApiError::new(
@@ -585,39 +492,26 @@ async fn fs_worker(conn: Arc<Conn>, mut rx: mpsc::UnboundedReceiver<(u64, String
 
 /// The file system effect of one request; `Some(paths)` for mutations,
 /// which are answered once those paths are durable.
-fn fs_effect(conn: &Conn, ty: &str, req: &Value) -> ApiResult<(Value, Option<Vec<String>>)> {
+fn fs_effect(conn: &Conn, req: Request) -> ApiResult<(Value, Option<Vec<String>>)> {
     conn.ready()?;
     let files = &conn.app.files;
     let entry = |e: Entry| json!({ "entry": e });
-    match ty {
-        "fs.stat" => {
-            let p = field_str(req, "path")?;
-            Ok((
-                entry(files.stat(p, opt_bool(req, "follow")?, opt_bool(req, "version")?)?),
-                None,
-            ))
-        }
-        "fs.list" => {
-            let p = field_str(req, "path")?;
-            let (entries, truncated, skipped) = files.list(p)?;
+    let flag = |b: Option<bool>| b.unwrap_or(false);
+    match req {
+        Request::FsStat(r) => Ok((
+            entry(files.stat(&r.path, flag(r.follow), flag(r.version))?),
+            None,
+        )),
+        Request::FsList(r) => {
+            let (entries, truncated, skipped) = files.list(&r.path)?;
             Ok((
                 json!({"entries": entries, "truncated": truncated, "skipped": skipped}),
                 None,
             ))
         }
-        "fs.read" => {
-            let p = field_str(req, "path")?;
-            let base64 = match req.get("encoding").and_then(Value::as_str) {
-                None | Some("auto") => false,
-                Some("base64") => true,
-                Some(_) => {
-                    return Err(ApiError::bad_request(
-                        "encoding",
-                        "`encoding` must be auto or base64",
-                    ))
-                }
-            };
-            let (bytes, st) = files.read_bytes(p)?;
+        Request::FsRead(r) => {
+            let base64 = r.encoding == Some(ReadEncoding::Base64);
+            let (bytes, st) = files.read_bytes(&r.path)?;
             let version = crate::files::version_of(&bytes);
             let (content, enc) = match (base64, String::from_utf8(bytes)) {
                 (false, Ok(s)) if !s.contains('\0') => (s, "utf8"),
@@ -630,68 +524,44 @@ fn fs_effect(conn: &Conn, ty: &str, req: &Value) -> ApiResult<(Value, Option<Vec
                 None,
             ))
         }
-        "fs.write" => {
+        Request::FsWrite(r) => {
             conn.not_stopping()?;
-            let p = field_str(req, "path")?;
-            let content = field_str(req, "content")?;
-            let bytes = match req.get("encoding").and_then(Value::as_str) {
-                Some("utf8") => content.as_bytes().to_vec(),
-                Some("base64") => B64.decode(content).map_err(|_| {
+            let bytes = match r.encoding {
+                WriteEncoding::Utf8 => r.content.into_bytes(),
+                WriteEncoding::Base64 => B64.decode(&r.content).map_err(|_| {
                     ApiError::bad_request("content", "`content` is not valid base64")
                 })?,
-                _ => {
-                    return Err(ApiError::bad_request(
-                        "encoding",
-                        "`encoding` must be utf8 or base64",
-                    ))
-                }
             };
-            let base = match req.get("base_version") {
-                Some(Value::Null) => None,
-                Some(Value::String(s)) => Some(s.as_str()),
-                _ => {
-                    return Err(ApiError::bad_request(
-                        "base_version",
-                        "`base_version` must be a version string or null",
-                    ))
-                }
-            };
-            let (w, target) = files.write(p, &bytes, base, opt_bool(req, "parents")?)?;
+            let (w, target) =
+                files.write(&r.path, &bytes, r.base_version.as_deref(), flag(r.parents))?;
             Ok((
                 serde_json::to_value(w).unwrap_or_default(),
                 Some(vec![target]),
             ))
         }
-        "fs.create" => {
+        Request::FsCreate(r) => {
             conn.not_stopping()?;
-            let p = field_str(req, "path")?;
-            let mode = req.get("mode").and_then(Value::as_u64).unwrap_or(0o644) as u32;
-            Ok((entry(files.create(p, mode)?), Some(vec![p.to_string()])))
+            let e = files.create(&r.path, r.mode.unwrap_or(0o644))?;
+            Ok((entry(e), Some(vec![r.path])))
         }
-        "fs.mkdir" => {
+        Request::FsMkdir(r) => {
             conn.not_stopping()?;
-            let p = field_str(req, "path")?;
-            Ok((
-                entry(files.mkdir(p, opt_bool(req, "parents")?)?),
-                Some(vec![p.to_string()]),
-            ))
+            let e = files.mkdir(&r.path, flag(r.parents))?;
+            Ok((entry(e), Some(vec![r.path])))
         }
-        "fs.rename" => {
+        Request::FsRename(r) => {
             conn.not_stopping()?;
-            let from = field_str(req, "from")?;
-            let to = field_str(req, "to")?;
-            files.rename(from, to, opt_bool(req, "overwrite")?)?;
-            Ok((json!({}), Some(vec![from.to_string(), to.to_string()])))
+            files.rename(&r.from, &r.to, flag(r.overwrite))?;
+            Ok((json!({}), Some(vec![r.from, r.to])))
         }
-        "fs.delete" => {
+        Request::FsDelete(r) => {
             conn.not_stopping()?;
-            let p = field_str(req, "path")?;
-            files.delete(p, opt_bool(req, "recursive")?)?;
-            Ok((json!({}), Some(vec![p.to_string()])))
+            files.delete(&r.path, flag(r.recursive))?;
+            Ok((json!({}), Some(vec![r.path])))
         }
-        _ => Err(ApiError::new(
-            Code::UnknownType,
-            format!("unknown request type {ty:?}"),
+        other => Err(ApiError::new(
+            Code::Internal,
+            format!("{} is not a file request", other.type_name()),
         )),
     }
 }

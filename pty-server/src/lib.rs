@@ -9,7 +9,8 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`protocol`] | wire types, frame header, error and close codes, limits |
+//! | [`protocol`] | wire types: requests, frame header, error and close codes, limits |
+//! | [`client`] | the protocol's Rust client (tests, benchmarks, cove-chaos) |
 //! | [`token`] | HMAC tokens the controller signs and the upgrade verifies |
 //! | [`server`] | shared state, upgrade checks, status poller, admin endpoints |
 //! | [`conn`] | one connection: hello, requests, frames, heartbeat, rate limit |
@@ -23,6 +24,7 @@
 
 pub mod activity;
 pub mod changes;
+pub mod client;
 pub mod conn;
 pub mod files;
 pub mod metrics;

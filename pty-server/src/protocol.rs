@@ -229,6 +229,288 @@ pub struct CommitId {
     pub seq: u64,
 }
 
+/// A client request (§4.3, §6.2, §9.4, §10): the one definition of every
+/// request's fields. The server parses with [`Request::parse`]; clients
+/// (the Rust [`crate::client`] and, mirrored by hand, frontend's
+/// protocol/types.ts) serialize it, `type` as the tag.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type")]
+pub enum Request {
+    #[serde(rename = "hello")]
+    Hello(Hello),
+    #[serde(rename = "term.list")]
+    TermList,
+    #[serde(rename = "term.create")]
+    TermCreate(TermCreate),
+    #[serde(rename = "term.attach")]
+    TermAttach(TerminalRef),
+    #[serde(rename = "term.detach")]
+    TermDetach(TerminalRef),
+    #[serde(rename = "term.resize")]
+    TermResize(TermResize),
+    #[serde(rename = "term.close")]
+    TermClose(TerminalRef),
+    #[serde(rename = "fs.subscribe")]
+    FsSubscribe(PathRef),
+    #[serde(rename = "fs.unsubscribe")]
+    FsUnsubscribe(SubscriptionRef),
+    #[serde(rename = "fs.stat")]
+    FsStat(FsStat),
+    #[serde(rename = "fs.list")]
+    FsList(PathRef),
+    #[serde(rename = "fs.read")]
+    FsRead(FsRead),
+    #[serde(rename = "fs.write")]
+    FsWrite(FsWrite),
+    #[serde(rename = "fs.create")]
+    FsCreate(FsCreate),
+    #[serde(rename = "fs.mkdir")]
+    FsMkdir(FsMkdir),
+    #[serde(rename = "fs.rename")]
+    FsRename(FsRename),
+    #[serde(rename = "fs.delete")]
+    FsDelete(FsDelete),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+}
+
+/// `term.create` as sent; [`crate::terminal::CreateRequest`] is the checked
+/// form.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TermCreate {
+    pub cols: u16,
+    pub rows: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attach: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalRef {
+    pub terminal: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermResize {
+    pub terminal: u32,
+    pub cols: u16,
+    pub rows: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathRef {
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionRef {
+    pub subscription: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsStat {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadEncoding {
+    Auto,
+    Base64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsRead {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<ReadEncoding>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteEncoding {
+    Utf8,
+    Base64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsWrite {
+    pub path: String,
+    pub content: String,
+    pub encoding: WriteEncoding,
+    /// Required, `null` for "the file must not exist" (§9.3): a missing
+    /// field is a bad request, not a blind overwrite.
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub base_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parents: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsCreate {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsMkdir {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parents: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsRename {
+    pub from: String,
+    pub to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overwrite: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsDelete {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recursive: Option<bool>,
+}
+
+/// Every request `type` of v1, in the order of §4.3.
+pub const REQUEST_TYPES: [&str; 17] = [
+    "hello",
+    "term.list",
+    "term.create",
+    "term.attach",
+    "term.detach",
+    "term.resize",
+    "term.close",
+    "fs.stat",
+    "fs.list",
+    "fs.read",
+    "fs.write",
+    "fs.create",
+    "fs.mkdir",
+    "fs.rename",
+    "fs.delete",
+    "fs.subscribe",
+    "fs.unsubscribe",
+];
+
+impl Request {
+    /// The request of type `ty` from its message `v` (the envelope's other
+    /// fields, `id` included, are ignored). §4.2: an unknown type is
+    /// `unknown_type`; a missing or wrong-typed field is `bad_request` with
+    /// `details.field`.
+    pub fn parse(ty: &str, v: &Value) -> ApiResult<Request> {
+        fn body<T: serde::de::DeserializeOwned>(v: &Value) -> ApiResult<T> {
+            serde_path_to_error::deserialize(v).map_err(bad_field)
+        }
+        Ok(match ty {
+            "hello" => Request::Hello(body(v)?),
+            "term.list" => Request::TermList,
+            "term.create" => Request::TermCreate(body(v)?),
+            "term.attach" => Request::TermAttach(body(v)?),
+            "term.detach" => Request::TermDetach(body(v)?),
+            "term.resize" => Request::TermResize(body(v)?),
+            "term.close" => Request::TermClose(body(v)?),
+            "fs.subscribe" => Request::FsSubscribe(body(v)?),
+            "fs.unsubscribe" => Request::FsUnsubscribe(body(v)?),
+            "fs.stat" => Request::FsStat(body(v)?),
+            "fs.list" => Request::FsList(body(v)?),
+            "fs.read" => Request::FsRead(body(v)?),
+            "fs.write" => Request::FsWrite(body(v)?),
+            "fs.create" => Request::FsCreate(body(v)?),
+            "fs.mkdir" => Request::FsMkdir(body(v)?),
+            "fs.rename" => Request::FsRename(body(v)?),
+            "fs.delete" => Request::FsDelete(body(v)?),
+            _ => {
+                return Err(ApiError::new(
+                    Code::UnknownType,
+                    format!("unknown request type {ty:?}"),
+                )
+                .with(json!({ "type": ty })))
+            }
+        })
+    }
+
+    /// The wire name, as in `type`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Request::Hello(_) => "hello",
+            Request::TermList => "term.list",
+            Request::TermCreate(_) => "term.create",
+            Request::TermAttach(_) => "term.attach",
+            Request::TermDetach(_) => "term.detach",
+            Request::TermResize(_) => "term.resize",
+            Request::TermClose(_) => "term.close",
+            Request::FsSubscribe(_) => "fs.subscribe",
+            Request::FsUnsubscribe(_) => "fs.unsubscribe",
+            Request::FsStat(_) => "fs.stat",
+            Request::FsList(_) => "fs.list",
+            Request::FsRead(_) => "fs.read",
+            Request::FsWrite(_) => "fs.write",
+            Request::FsCreate(_) => "fs.create",
+            Request::FsMkdir(_) => "fs.mkdir",
+            Request::FsRename(_) => "fs.rename",
+            Request::FsDelete(_) => "fs.delete",
+        }
+    }
+
+    /// The message to send: this request with `id`.
+    pub fn to_message(&self, id: u64) -> Value {
+        let mut v = serde_json::to_value(self).unwrap_or_else(|_| json!({}));
+        v["id"] = json!(id);
+        v
+    }
+}
+
+/// A serde error as §4.2's `bad_request`, naming the field when serde
+/// knows it (a wrong type names its path; a missing field only its name,
+/// in the message).
+fn bad_field(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner().to_string();
+    let field = if path != "." {
+        Some(
+            path.split(['.', '['])
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    } else {
+        inner
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+            .map(str::to_string)
+    };
+    // serde's text ends with " at line 1 column 9", meaningless here.
+    let inner = inner
+        .split(" at line ")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    match field {
+        Some(f) if !f.is_empty() => ApiError::bad_request(&f, format!("`{f}`: {inner}")),
+        _ => ApiError::new(Code::BadRequest, inner),
+    }
+}
+
 pub fn result_json(id: u64, result: Value) -> String {
     json!({"type": "result", "id": id, "result": result}).to_string()
 }
@@ -248,6 +530,97 @@ mod tests {
         );
         let i = encode_frame(KIND_INPUT, 0, 1, 0, b"ls\r");
         assert_eq!(decode_client_frame(&i).unwrap().payload, b"ls\r");
+    }
+
+    #[test]
+    fn requests_round_trip_through_their_wire_form() {
+        let reqs = [
+            Request::TermList,
+            Request::TermCreate(TermCreate {
+                cols: 80,
+                rows: 24,
+                command: Some(vec!["bash".into()]),
+                env: Some([("A".to_string(), "b".to_string())].into()),
+                ..TermCreate::default()
+            }),
+            Request::TermResize(TermResize {
+                terminal: 3,
+                cols: 100,
+                rows: 40,
+            }),
+            Request::FsWrite(FsWrite {
+                path: "a.txt".into(),
+                content: "hi".into(),
+                encoding: WriteEncoding::Utf8,
+                base_version: None,
+                parents: Some(true),
+            }),
+            Request::FsRead(FsRead {
+                path: "a".into(),
+                encoding: Some(ReadEncoding::Base64),
+            }),
+            Request::FsUnsubscribe(SubscriptionRef { subscription: 9 }),
+        ];
+        for r in reqs {
+            let m = r.to_message(7);
+            assert_eq!(m["id"], 7);
+            assert_eq!(m["type"], r.type_name());
+            let back = Request::parse(m["type"].as_str().unwrap(), &m).unwrap();
+            assert_eq!(back, r, "{m}");
+        }
+        // A write's base_version is sent even when null.
+        let m = Request::FsWrite(FsWrite {
+            path: "a".into(),
+            content: String::new(),
+            encoding: WriteEncoding::Base64,
+            base_version: None,
+            parents: None,
+        })
+        .to_message(1);
+        assert!(m.as_object().unwrap().contains_key("base_version"), "{m}");
+    }
+
+    #[test]
+    fn malformed_requests_name_their_field() {
+        let field = |ty: &str, v: Value| {
+            let e = Request::parse(ty, &v).unwrap_err();
+            assert_eq!(e.code, Code::BadRequest, "{v}: {e}");
+            e.details.map(|d| d["field"].clone()).unwrap_or(Value::Null)
+        };
+        assert_eq!(field("fs.read", json!({})), "path");
+        assert_eq!(field("fs.read", json!({"path": 5})), "path");
+        assert_eq!(
+            field("fs.read", json!({"path": "a", "encoding": "utf7"})),
+            "encoding"
+        );
+        assert_eq!(
+            field("term.attach", json!({"terminal": 1u64 << 40})),
+            "terminal"
+        );
+        assert_eq!(
+            field(
+                "term.create",
+                json!({"cols": 80, "rows": 24, "env": {"A": 1}})
+            ),
+            "env"
+        );
+        assert_eq!(
+            field(
+                "fs.write",
+                json!({"path": "x", "content": "", "encoding": "utf8"})
+            ),
+            "base_version"
+        );
+        assert_eq!(
+            field(
+                "fs.write",
+                json!({"path": "x", "encoding": "utf8", "base_version": null})
+            ),
+            "content"
+        );
+        let e = Request::parse("nope", &json!({})).unwrap_err();
+        assert_eq!(e.code, Code::UnknownType);
+        assert_eq!(e.details.unwrap()["type"], "nope");
     }
 
     #[test]
