@@ -11,7 +11,7 @@ import { api, ApiError, errorText, type Workspace } from "../api";
 import { CoveClient, WorkspaceNotRunning, type ConnState } from "../protocol/client";
 import { ackFrame, inputFrame, type Frame } from "../protocol/frames";
 import { TerminalStream, type TermSink } from "../protocol/terminal";
-import { ProtocolError, type ChangeEvent, type Durability, type Entry, type Status, type TerminalInfo, type WriteResult } from "../protocol/types";
+import { ProtocolError, type ChangeEvent, type Durability, type Entry, type Mutation, type RequestFields, type RequestResult, type Status, type TerminalInfo, type WriteResult } from "../protocol/types";
 import { decodeRead, isDirty, newDoc, onDiskVersion, type Doc } from "../state/docs";
 import { isUnder, joinPath, parentOf, sortEntries, treeUpdate } from "../state/tree";
 
@@ -176,7 +176,7 @@ export class IdeSession {
     // §8: attach, subscribe, re-list, re-stat.
     for (const t of terms) if (this.views.has(t.id)) void this.attach(t.id);
     try {
-      const r = await this.client.request<{ subscription: number }>("fs.subscribe", { path: "" });
+      const r = await this.client.request("fs.subscribe", { path: "" });
       this.subscription = r.subscription;
     } catch {
       this.subscription = null;
@@ -292,7 +292,7 @@ export class IdeSession {
     const s = this.stream(id);
     if (!s) return;
     try {
-      const r = await this.client.request<{ terminal: TerminalInfo; offset: number; responder: boolean }>("term.attach", { terminal: id });
+      const r = await this.client.request("term.attach", { terminal: id });
       s.attached(r.offset);
       this.responder.set(id, r.responder);
       this.updateTerminal(id, r.terminal);
@@ -321,14 +321,14 @@ export class IdeSession {
   async newTerminal(focus = false): Promise<void> {
     const n = this.terminals.length + 1;
     try {
-      const r = await this.client.request<{ terminal: TerminalInfo; offset: number; responder: boolean }>("term.create", {
+      const r = await this.client.request("term.create", {
         cols: 100,
         rows: 24,
         name: `Terminal ${n}`,
       });
       // The view mounts after this render; until then its output waits as orphans.
       this.terminals = [...this.terminals.filter((t) => t.id !== r.terminal.id), r.terminal];
-      this.responder.set(r.terminal.id, r.responder);
+      this.responder.set(r.terminal.id, r.responder ?? true);
       this.activeTerminal = r.terminal.id;
       if (focus) this.focusTerminal = r.terminal.id;
       this.createdHere.add(r.terminal.id);
@@ -377,7 +377,7 @@ export class IdeSession {
 
   async listDir(dir: string): Promise<void> {
     try {
-      const r = await this.client.request<{ entries: Entry[]; truncated: boolean }>("fs.list", { path: dir });
+      const r = await this.client.request("fs.list", { path: dir });
       this.tree.set(dir, sortEntries(r.entries));
       this.treeError = null;
     } catch (e) {
@@ -443,24 +443,25 @@ export class IdeSession {
    * A mutating request (§9.6): its change counts as "Saving…" until it is
    * durable, like a save's.
    */
-  private async mutate<T extends Durability>(type: string, fields: Record<string, unknown>): Promise<T> {
+  private async mutate<K extends Mutation>(type: K, fields: RequestFields<K>, path: string): Promise<RequestResult<K>> {
     let requestId = 0;
-    const r = await this.client.request<T>(type, fields, (id) => (requestId = id));
-    if (!r.durable) {
-      this.pendingSaves.set(requestId, String(fields.path ?? fields.to ?? ""));
+    const r = await this.client.request(type, fields, (id) => (requestId = id));
+    const durability: Durability = r;
+    if (!durability.durable) {
+      this.pendingSaves.set(requestId, path);
       this.emit();
     }
     return r;
   }
 
   async createFile(path: string): Promise<void> {
-    await this.mutate("fs.write", { path, content: "", encoding: "utf8", base_version: null, parents: true });
+    await this.mutate("fs.write", { path, content: "", encoding: "utf8", base_version: null, parents: true }, path);
     await this.revealParents(path);
     await this.openFile(path);
   }
 
   async createDir(path: string): Promise<void> {
-    await this.mutate("fs.mkdir", { path, parents: true });
+    await this.mutate("fs.mkdir", { path, parents: true }, path);
     await this.revealParents(`${path}/x`);
   }
 
@@ -479,7 +480,7 @@ export class IdeSession {
   }
 
   async rename(from: string, to: string): Promise<void> {
-    await this.mutate("fs.rename", { from, to });
+    await this.mutate("fs.rename", { from, to }, to);
     // Open documents follow their file (or the directory it is in).
     const map = (p: string) => (isUnder(p, from) ? to + p.slice(from.length) : p);
     for (const d of [...this.docs.values()]) {
@@ -499,7 +500,7 @@ export class IdeSession {
   renamedHook: (from: string, to: string) => void = () => {};
 
   async remove(path: string): Promise<void> {
-    await this.mutate("fs.delete", { path, recursive: true });
+    await this.mutate("fs.delete", { path, recursive: true }, path);
   }
 
   /** Every file path, for quick open: a walk of fs.list, skipping heavy directories. */
@@ -510,7 +511,7 @@ export class IdeSession {
       const dir = queue.shift()!;
       let entries: Entry[];
       try {
-        entries = (await this.client.request<{ entries: Entry[] }>("fs.list", { path: dir })).entries;
+        entries = (await this.client.request("fs.list", { path: dir })).entries;
       } catch {
         continue;
       }
@@ -547,7 +548,7 @@ export class IdeSession {
     const before = doc.text;
     const first = !doc.loaded;
     try {
-      const r = await this.client.request<{ content: string; encoding: "utf8" | "base64"; version: string; size: number }>("fs.read", { path: doc.path });
+      const r = await this.client.request("fs.read", { path: doc.path });
       const d = decodeRead(r);
       if (!first && (doc.text !== before || doc.saving)) {
         doc.changedOnDisk = true;
@@ -738,7 +739,7 @@ export class IdeSession {
         let theirs: string | null = null;
         if (cur !== null) {
           try {
-            const r = await this.client.request<{ content: string; encoding: string; version: string }>("fs.read", { path });
+            const r = await this.client.request("fs.read", { path });
             theirs = r.encoding === "utf8" ? r.content : "(binary content)";
           } catch {
             theirs = null;
@@ -763,11 +764,11 @@ export class IdeSession {
   private writeTracked(path: string, content: string, base: string | null): Promise<WriteResult> {
     const limit = this.client.welcome?.limits.max_message_bytes ?? 16 * 1024 * 1024;
     const json = JSON.stringify(content);
-    const fields =
+    const fields: RequestFields<"fs.write"> =
       json.length * 3 + 1024 < limit || new TextEncoder().encode(json).byteLength + 1024 < limit
         ? { path, content, encoding: "utf8", base_version: base, parents: true }
         : { path, content: toBase64(new TextEncoder().encode(content)), encoding: "base64", base_version: base, parents: true };
-    return this.mutate<WriteResult>("fs.write", fields);
+    return this.mutate("fs.write", fields, path);
   }
 
   /** Conflict choices. */
@@ -797,7 +798,7 @@ export class IdeSession {
     if (!d) return;
     let version: string | null;
     try {
-      const r = await this.client.request<{ entry: Entry }>("fs.stat", { path, follow: true, version: true });
+      const r = await this.client.request("fs.stat", { path, follow: true, version: true });
       version = r.entry.kind === "file" ? (r.entry.version ?? d.base) : null;
     } catch (e) {
       if (e instanceof ProtocolError && e.code === "not_found") version = null;

@@ -10,7 +10,7 @@
 
 import { Backoff } from "./backoff";
 import { decodeFrame, type Frame } from "./frames";
-import { ProtocolError, type Status, type Welcome } from "./types";
+import { ProtocolError, type RequestFields, type RequestResult, type RequestType, type Status, type Welcome } from "./types";
 
 export const CLIENT_NAME = "cove-web/0.1.0";
 
@@ -139,11 +139,14 @@ export class CoveClient {
     this.failAll("closed", "the connection was closed");
   }
 
-  /** Sends a request; resolves with its `result`, rejects with a ProtocolError. */
-  /** `onSent` sees the request's id each time it goes out (a resend gets a new id). */
-  request<T = any>(type: string, fields: Record<string, unknown> = {}, onSent?: (id: number) => void): Promise<T> {
+  /**
+   * Sends a request; resolves with its `result`, rejects with a ProtocolError.
+   * Fields and result are those of `Requests` (types.ts). `onSent` sees the
+   * request's id each time it goes out (a resend gets a new id).
+   */
+  request<K extends Exclude<RequestType, "hello">>(type: K, fields: RequestFields<K>, onSent?: (id: number) => void): Promise<RequestResult<K>> {
     if (this.state === "closed") return Promise.reject(new ProtocolError("closed", "the connection was closed"));
-    return new Promise<T>((resolve, reject) => {
+    return new Promise<RequestResult<K>>((resolve, reject) => {
       const p: Pending = { id: 0, msg: { type, ...fields }, resolve, reject, onSent };
       if (this.state === "open" && this.ws) this.send(p);
       else this.waiting.push(p);
@@ -216,7 +219,8 @@ export class CoveClient {
       if (this.ws !== ws) return;
       this.openedAt = this.lastRx = this.now();
       this.helloId = this.nextId++;
-      ws.send(JSON.stringify({ type: "hello", id: this.helloId, protocol: 1, client: CLIENT_NAME, features: [] }));
+      const hello: RequestFields<"hello"> = { protocol: 1, client: CLIENT_NAME, features: [] };
+      ws.send(JSON.stringify({ type: "hello", id: this.helloId, ...hello }));
     };
     ws.onmessage = (ev: MessageEvent) => {
       if (this.ws !== ws) return;
