@@ -94,7 +94,7 @@ export function scriptedIde() {
     sessions.push(s);
     await s.open();
     await until(() => s.conn === "open");
-    await until(() => s.tree.has(""));
+    await until(() => s.tree.entries.has(""));
     return s;
   };
 }

@@ -8,8 +8,8 @@ const opened = scriptedIde();
 describe("IdeSession", () => {
   it("keeps keys typed while a reload from disk was on its way, and marks the file", async () => {
     const s = await opened();
-    await s.openFile("a.txt");
-    expect(s.docs.get("a.txt")!.text).toBe("one");
+    await s.documents.openFile("a.txt");
+    expect(s.documents.docs.get("a.txt")!.text).toBe("one");
     // The disk changes; the reload's read is held until the person has typed.
     files["a.txt"] = { content: "two", version: "v2" };
     const read = deferred<void>();
@@ -20,103 +20,103 @@ describe("IdeSession", () => {
     };
     sock().reply({ type: "fs.changes", subscription: 1, events: [{ kind: "modify", path: "a.txt" }] });
     await until(() => sock().sent.filter((m) => m.type === "fs.read").length === 2);
-    s.setText("a.txt", "one, and typed");
+    s.documents.setText("a.txt", "one, and typed");
     read.resolve();
-    await until(() => s.docs.get("a.txt")!.changedOnDisk);
-    expect(s.docs.get("a.txt")!.text).toBe("one, and typed");
+    await until(() => s.documents.docs.get("a.txt")!.changedOnDisk);
+    expect(s.documents.docs.get("a.txt")!.text).toBe("one, and typed");
   });
 
   it("a clean buffer follows the disk", async () => {
     const s = await opened();
-    await s.openFile("a.txt");
+    await s.documents.openFile("a.txt");
     files["a.txt"] = { content: "two", version: "v2" };
     sock().reply({ type: "fs.changes", subscription: 1, events: [{ kind: "modify", path: "a.txt" }] });
-    await until(() => s.docs.get("a.txt")!.text === "two");
-    expect(s.docs.get("a.txt")!.base).toBe("v2");
+    await until(() => s.documents.docs.get("a.txt")!.text === "two");
+    expect(s.documents.docs.get("a.txt")!.base).toBe("v2");
   });
 
   it("a save that is not yet durable is pending until its fs.durable", async () => {
     const s = await opened();
-    await s.openFile("a.txt");
+    await s.documents.openFile("a.txt");
     handlers["fs.write"] = () => ({ version: "v9", size: 1, mtime_ms: 0, durable: false, commit: null, pending_reason: "timeout" });
-    s.setText("a.txt", "changed");
-    await s.save("a.txt");
-    expect(s.savingCount()).toBe(1);
+    s.documents.setText("a.txt", "changed");
+    await s.documents.save("a.txt");
+    expect(s.documents.savingCount()).toBe(1);
     const write = sock().sent.find((m) => m.type === "fs.write");
     sock().reply({ type: "fs.durable", request: write.id, commit: { epoch: 1, seq: 5 } });
-    expect(s.savingCount()).toBe(0);
+    expect(s.documents.savingCount()).toBe(0);
   });
 
   it("a conflict on save keeps the buffer and offers the disk's version", async () => {
     const s = await opened();
-    await s.openFile("a.txt");
+    await s.documents.openFile("a.txt");
     files["a.txt"] = { content: "theirs", version: "v2" };
     handlers["fs.write"] = (m) => {
       if (m.base_version !== "v2") throw { code: "conflict", message: "changed", details: { current_version: "v2" } };
       return { version: "v3", size: 1, mtime_ms: 0, durable: true, commit: null };
     };
-    s.setText("a.txt", "mine");
-    await s.save("a.txt");
-    expect(s.conflict).toMatchObject({ path: "a.txt", theirs: "theirs", theirsVersion: "v2" });
-    expect(s.docs.get("a.txt")!.text).toBe("mine");
-    await s.overwrite();
-    expect(s.conflict).toBeNull();
-    expect(s.docs.get("a.txt")).toMatchObject({ base: "v3", saved: "mine" });
+    s.documents.setText("a.txt", "mine");
+    await s.documents.save("a.txt");
+    expect(s.documents.conflict).toMatchObject({ path: "a.txt", theirs: "theirs", theirsVersion: "v2" });
+    expect(s.documents.docs.get("a.txt")!.text).toBe("mine");
+    await s.documents.overwrite();
+    expect(s.documents.conflict).toBeNull();
+    expect(s.documents.docs.get("a.txt")).toMatchObject({ base: "v3", saved: "mine" });
   });
 
   it("renaming a directory moves its open files, tabs and the active one", async () => {
     const s = await opened();
-    await s.openFile("d/x.txt");
+    await s.documents.openFile("d/x.txt");
     files["e/x.txt"] = files["d/x.txt"];
-    await s.rename("d", "e");
-    expect([...s.docs.keys()]).toEqual(["e/x.txt"]);
-    expect(s.tabs).toEqual(["e/x.txt"]);
-    expect(s.active).toBe("e/x.txt");
+    await s.tree.rename("d", "e");
+    expect([...s.documents.docs.keys()]).toEqual(["e/x.txt"]);
+    expect(s.documents.tabs).toEqual(["e/x.txt"]);
+    expect(s.documents.active).toBe("e/x.txt");
   });
 
   it("an unsaved buffer is stashed in the browser and comes back in the next page", async () => {
     const s1 = await opened();
-    await s1.openFile("a.txt");
-    await until(() => s1.docs.get("a.txt")!.loaded);
-    s1.setText("a.txt", "one, unsaved");
-    s1.flushStash();
+    await s1.documents.openFile("a.txt");
+    await until(() => s1.documents.docs.get("a.txt")!.loaded);
+    s1.documents.setText("a.txt", "one, unsaved");
+    s1.stash.flush();
     s1.close();
     const s2 = await opened();
-    await until(() => s2.docs.get("a.txt")?.text === "one, unsaved");
-    expect(s2.docs.get("a.txt")!.changedOnDisk).toBe(false);
-    expect(s2.unsavedCount()).toBe(1);
+    await until(() => s2.documents.docs.get("a.txt")?.text === "one, unsaved");
+    expect(s2.documents.docs.get("a.txt")!.changedOnDisk).toBe(false);
+    expect(s2.documents.unsavedCount()).toBe(1);
     // Saved: it leaves the stash.
-    await s2.save("a.txt");
-    s2.flushStash();
+    await s2.documents.save("a.txt");
+    s2.stash.flush();
     expect(localStorage.getItem("cove.unsaved.p")).toBeNull();
   });
 
   it("a stashed buffer whose file changed since is marked, so the save asks", async () => {
     const s1 = await opened();
-    await s1.openFile("a.txt");
-    await until(() => s1.docs.get("a.txt")!.loaded);
-    s1.setText("a.txt", "mine");
-    s1.flushStash();
+    await s1.documents.openFile("a.txt");
+    await until(() => s1.documents.docs.get("a.txt")!.loaded);
+    s1.documents.setText("a.txt", "mine");
+    s1.stash.flush();
     s1.close();
     files["a.txt"] = { content: "theirs", version: "v2" };
     const s2 = await opened();
-    await until(() => s2.docs.get("a.txt")?.text === "mine");
-    expect(s2.docs.get("a.txt")!.changedOnDisk).toBe(true);
+    await until(() => s2.documents.docs.get("a.txt")?.text === "mine");
+    expect(s2.documents.docs.get("a.txt")!.changedOnDisk).toBe(true);
   });
 
   it("a dropped connection keeps unsaved buffers and re-subscribes after the welcome", async () => {
     vi.useFakeTimers({ shouldAdvanceTime: true });
     try {
       const s = await opened();
-      await s.openFile("a.txt");
-      s.setText("a.txt", "unsaved");
+      await s.documents.openFile("a.txt");
+      s.documents.setText("a.txt", "unsaved");
       const first = sock();
       first.drop();
       expect(s.conn).toBe("reconnecting");
       await vi.advanceTimersByTimeAsync(700);
       await until(() => s.conn === "open" && sock() !== first);
       await until(() => sock().sent.some((m) => m.type === "fs.subscribe"));
-      expect(s.docs.get("a.txt")!.text).toBe("unsaved");
+      expect(s.documents.docs.get("a.txt")!.text).toBe("unsaved");
       await until(() => sock().sent.some((m) => m.type === "fs.stat" && m.path === "a.txt"));
     } finally {
       vi.useRealTimers();
