@@ -3,6 +3,7 @@
 // document and localStorage, and helpers to wait.
 import { afterEach, beforeEach, expect, vi } from "vitest";
 import { IdeSession } from "../src/ide/session";
+import { CoveClient } from "../src/protocol/client";
 import { FakeSocket, terminalInfo, welcome, type Handler } from "./fakeSocket";
 
 export const workspace = {
@@ -45,6 +46,7 @@ const notFound = (path: string) => ({ code: "not_found", message: "no such file"
 /** Installs the fakes around each test of the file that calls it. */
 export function scriptedIde() {
   const sessions: IdeSession[] = [];
+  const clients: CoveClient[] = [];
   beforeEach(() => {
     files = { "a.txt": { content: "one", version: "v1" }, "d/x.txt": { content: "x", version: "vx" } };
     dirs = {};
@@ -84,17 +86,35 @@ export function scriptedIde() {
   // would write into the next test's localStorage.
   afterEach(() => {
     for (const s of sessions.splice(0)) s.close();
+    for (const c of clients.splice(0)) c.close();
     FakeSocket.reset();
     vi.unstubAllGlobals();
   });
 
   /** A session of project "p", connected, its root listed. */
-  return async function opened(): Promise<IdeSession> {
+  async function opened(): Promise<IdeSession> {
     const s = new IdeSession("p");
     sessions.push(s);
     await s.open();
     await until(() => s.conn === "open");
     await until(() => s.tree.entries.has(""));
     return s;
-  };
+  }
+
+  /** A client alone, connected: for one slice of the session at a time. */
+  async function connected(): Promise<CoveClient> {
+    const c = new CoveClient({ ticket: async () => ({ url: workspace.urls.ide_socket, token: "t" }), WebSocketImpl: FakeSocket as unknown as typeof WebSocket });
+    clients.push(c);
+    c.start();
+    await until(() => c.state === "open");
+    return c;
+  }
+
+  return { opened, connected };
+}
+
+/** Counts a slice's calls of `changed` (re-renders) and of its other callbacks. */
+export function counter() {
+  const c = { n: 0, bump: () => void c.n++ };
+  return c;
 }

@@ -3,7 +3,7 @@
 import { describe, expect, it, vi } from "vitest";
 import { deferred, files, handlers, scriptedIde, sock, until } from "./ide";
 
-const opened = scriptedIde();
+const { opened } = scriptedIde();
 
 describe("IdeSession", () => {
   it("keeps keys typed while a reload from disk was on its way, and marks the file", async () => {
