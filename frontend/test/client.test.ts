@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { CoveClient, WorkspaceNotRunning, type Ticket } from "../src/protocol/client";
-import { ProtocolError } from "../src/protocol/types";
+import { ProtocolError, type ReadResult, type ServerEvent } from "../src/protocol/types";
 import { FakeSocket } from "./fakeSocket";
 
 const flush = () => new Promise((r) => setTimeout(r, 0));
@@ -46,6 +46,36 @@ describe("CoveClient (protocol.md §3, §4, §8, §15)", () => {
     expect(req).toMatchObject({ type: "fs.stat", path: "a" });
     ws.reply({ type: "result", id: req.id, result: { entry: { name: "a" } } });
     await expect(p).resolves.toEqual({ entry: { name: "a" } });
+  });
+
+  it("passes the events of §4.3 to listeners, and not others", async () => {
+    const c = client();
+    const seen: ServerEvent[] = [];
+    c.onEvent((e) => seen.push(e));
+    c.start();
+    await flush();
+    const ws = FakeSocket.all[0];
+    ws.open();
+    ws.welcome();
+    ws.reply({ type: "fs.durable", request: 7, commit: null });
+    ws.reply({ type: "from.the.future", x: 1 });
+    ws.reply({ type: "error", id: null, error: { code: "input_dropped", message: "full", details: { terminal: 1, bytes: 3 } } });
+    expect(seen.map((e) => e.type)).toEqual(["fs.durable", "error"]);
+  });
+
+  it("types a request's fields and result by its name (checked by tsc)", async () => {
+    const c = client();
+    const read: Promise<ReadResult> = c.request("fs.read", { path: "a" });
+    // @ts-expect-error: fs.read needs a path
+    const noPath = c.request("fs.read", {});
+    // @ts-expect-error: fs.list answers entries, not content
+    const wrong: Promise<{ content: string }> = c.request("fs.list", { path: "" });
+    // @ts-expect-error: there is no such request
+    const unknown = c.request("fs.chmod", { path: "a" });
+    // @ts-expect-error: hello is the client's own
+    const hello = c.request("hello", { protocol: 1, client: "x", features: [] });
+    c.close();
+    for (const p of [read, noPath, wrong, unknown, hello]) await expect(p).rejects.toMatchObject({ code: "closed" });
   });
 
   it("rejects with the server's error code", async () => {

@@ -15,7 +15,7 @@
 
 import { api, ApiError, errorText, type Workspace } from "../api";
 import { CoveClient, WorkspaceNotRunning, type ConnState, type ServerEvent } from "../protocol/client";
-import type { ChangeEvent, Status, TerminalInfo } from "../protocol/types";
+import type { Status, TerminalInfo } from "../protocol/types";
 import { Documents } from "./documents";
 import { Stash } from "./stash";
 import { Terminals } from "./terminals";
@@ -178,7 +178,7 @@ export class IdeSession {
     switch (ev.type) {
       case "status": {
         const wasReady = this.status?.ready ?? false;
-        this.status = ev.status as Status;
+        this.status = ev.status;
         if (!wasReady && this.status.ready) this.afterReady();
         if (!wasReady) void this.refreshWorkspace();
         // A reconnected page has no fs.durable for its old saves: the store
@@ -190,17 +190,21 @@ export class IdeSession {
         break;
       }
       case "fs.durable":
-        this.documents.durable(ev.request as number);
+        this.documents.durable(ev.request);
         break;
       case "fs.changes":
         if (ev.subscription === this.subscription) {
-          const events = ev.events as ChangeEvent[];
-          this.tree.onChanges(events);
-          this.documents.onChanges(events);
+          this.tree.onChanges(ev.events);
+          this.documents.onChanges(ev.events);
         }
         break;
-      default:
-        if (ev.type.startsWith("term.")) this.terminals.onEvent(ev);
+      case "term.created":
+      case "term.resized":
+      case "term.responder":
+      case "term.exited":
+      case "term.closed":
+        this.terminals.onEvent(ev);
+        break;
     }
   }
 }

@@ -10,7 +10,7 @@ import { errorText } from "../api";
 import type { CoveClient } from "../protocol/client";
 import { ackFrame, inputFrame, type Frame } from "../protocol/frames";
 import { TerminalStream, type TermSink } from "../protocol/terminal";
-import { ProtocolError, type TerminalInfo } from "../protocol/types";
+import { ProtocolError, type TermEvent, type TerminalInfo } from "../protocol/types";
 
 export interface TermView {
   sink: TermSink;
@@ -21,12 +21,6 @@ export interface TermView {
 
 /** Frames kept per terminal while nothing can show them yet. */
 const ORPHAN_FRAME_LIMIT = 256;
-
-/** A terminal event (§6.3); other fields of the message are ignored. */
-export interface TermEvent {
-  type: string;
-  [field: string]: any;
-}
 
 export class Terminals {
   private terms: TerminalInfo[] = [];
@@ -94,7 +88,7 @@ export class Terminals {
     switch (ev.type) {
       case "term.created":
         if (!this.terms.some((t) => t.id === ev.terminal.id)) {
-          this.terms = [...this.terms, ev.terminal as TerminalInfo];
+          this.terms = [...this.terms, ev.terminal];
           this.changed();
         }
         break;

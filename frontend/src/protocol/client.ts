@@ -10,7 +10,9 @@
 
 import { Backoff } from "./backoff";
 import { decodeFrame, type Frame } from "./frames";
-import { ProtocolError, type RequestFields, type RequestResult, type RequestType, type Status, type Welcome } from "./types";
+import { ProtocolError, type EventType, type RequestFields, type RequestResult, type RequestType, type ServerEvent, type Status, type Welcome } from "./types";
+
+export type { ServerEvent } from "./types";
 
 export const CLIENT_NAME = "cove-web/0.1.0";
 
@@ -55,10 +57,19 @@ export interface ClientOptions {
 
 type Listener<T> = (v: T) => void;
 
-export interface ServerEvent {
-  type: string;
-  [field: string]: unknown;
-}
+/** The events listeners get (§4.3); others, from a newer server, are ignored. */
+const EVENT_TYPES: Record<EventType, true> = {
+  heartbeat: true,
+  status: true,
+  "term.created": true,
+  "term.resized": true,
+  "term.responder": true,
+  "term.exited": true,
+  "term.closed": true,
+  "fs.changes": true,
+  "fs.durable": true,
+  error: true,
+};
 
 export class CoveClient {
   state: ConnState = "connecting";
@@ -266,7 +277,9 @@ export class CoveClient {
       return;
     }
     if (msg.type === "status" && msg.status) this.status = msg.status;
-    for (const f of this.eventListeners) f(msg);
+    if (!Object.hasOwn(EVENT_TYPES, msg.type)) return;
+    const event: ServerEvent = msg;
+    for (const f of this.eventListeners) f(event);
   }
 
   private onHello(msg: any) {

@@ -166,6 +166,26 @@ export type RequestResult<K extends RequestType> = Requests[K]["result"];
 /** The requests that change files: answered with Durability (§9.6). */
 export type Mutation = { [K in RequestType]: RequestResult<K> extends Durability ? K : never }[RequestType];
 
+/** Every event of §4.3, by type: the fields the IDE reads. */
+export interface Events {
+  heartbeat: { time_ms: number };
+  status: { status: Status };
+  "term.created": { terminal: TerminalInfo };
+  "term.resized": { terminal: number; cols: number; rows: number };
+  "term.responder": { terminal: number; responder: boolean };
+  "term.exited": { terminal: number; exit: Exit; end_offset: number };
+  "term.closed": { terminal: number };
+  "fs.changes": { subscription: number; events: ChangeEvent[] };
+  "fs.durable": { request: number; commit: CommitId | null };
+  /** Unsolicited (§4.1): a problem with no request to answer, such as `input_dropped`. */
+  error: { id: null; error: { code: string; message: string; details?: Record<string, unknown> } };
+}
+
+export type EventType = keyof Events;
+/** A server event; `type` tells which (a `switch` on it narrows the fields). */
+export type ServerEvent = { [K in EventType]: { type: K } & Events[K] }[EventType];
+export type TermEvent = Extract<ServerEvent, { type: `term.${string}` }>;
+
 /** An `error` result (§14). `code` is what clients branch on. */
 export class ProtocolError extends Error {
   constructor(
