@@ -1,7 +1,9 @@
 // The IDE session against a scripted cove-pty (a fake WebSocket) and a
 // scripted controller (a fake fetch): the rules that keep buffers safe.
 import { describe, expect, it, vi } from "vitest";
-import { deferred, files, handlers, scriptedIde, sock, until } from "./ide";
+import { IdeSession } from "../src/ide/session";
+import { status, terminalInfo, welcome } from "./fakeSocket";
+import { deferred, files, handlers, scriptedIde, sock, tick, until } from "./ide";
 
 const { opened } = scriptedIde();
 
@@ -120,6 +122,68 @@ describe("IdeSession", () => {
       await until(() => sock().sent.some((m) => m.type === "fs.stat" && m.path === "a.txt"));
     } finally {
       vi.useRealTimers();
+    }
+  });
+
+  it("a workspace with no terminal gets one, once; a restarted server's too", async () => {
+    let created = 0;
+    handlers.hello = () => welcome("i1", []);
+    handlers["term.create"] = () => ({ terminal: terminalInfo(20 + created++), offset: 0, responder: true });
+    const s = await opened();
+    await until(() => s.terminals.list.length === 1);
+    // The same server again: its terminal is still there.
+    handlers.hello = () => welcome("i1", [terminalInfo(20)]);
+    sock().drop(4001);
+    await until(() => s.conn === "open" && sock().requests("fs.subscribe").length === 1);
+    await tick();
+    expect(created).toBe(1);
+    // A new server instance: every terminal is gone, so the page opens one again.
+    handlers.hello = () => welcome("i2", []);
+    sock().drop(4001);
+    await until(() => created === 2);
+    await until(() => s.terminals.active === 21);
+  });
+
+  it("a store that has caught up settles saves answered on an older connection", async () => {
+    const s = await opened();
+    await s.documents.openFile("a.txt");
+    handlers["fs.write"] = () => ({ version: "v9", size: 1, mtime_ms: 0, durable: false, commit: null, pending_reason: "timeout" });
+    s.documents.setText("a.txt", "changed");
+    await s.documents.save("a.txt");
+    expect(s.documents.savingCount()).toBe(1);
+    sock().reply({ type: "status", status: status("pending") });
+    expect(s.documents.savingCount()).toBe(1);
+    sock().reply({ type: "status", status: status("saved") });
+    expect(s.documents.savingCount()).toBe(0);
+  });
+
+  it("ignores change events of a subscription it does not hold", async () => {
+    const s = await opened();
+    await s.documents.openFile("a.txt");
+    files["a.txt"] = { content: "two", version: "v2" };
+    const stats = () => sock().requests("fs.stat").filter((m) => m.path === "a.txt").length;
+    const before = stats();
+    sock().reply({ type: "fs.changes", subscription: 2, events: [{ kind: "modify", path: "a.txt" }] });
+    await tick();
+    expect(stats()).toBe(before);
+    expect(s.documents.docs.get("a.txt")!.text).toBe("one");
+  });
+
+  it("the starting page waits for ready: then it lists, restores tabs and opens a terminal", async () => {
+    handlers.hello = () => ({ ...welcome("i1", []), status: status("saved", false) });
+    handlers["term.create"] = () => ({ terminal: terminalInfo(3), offset: 0, responder: true });
+    files["README.md"] = { content: "# P", version: "vr" };
+    const s = new IdeSession("p");
+    try {
+      await s.open();
+      await until(() => s.conn === "open");
+      await tick();
+      expect(sock().requests("fs.list")).toEqual([]);
+      expect(sock().requests("term.create")).toEqual([]);
+      sock().reply({ type: "status", status: status("saved", true) });
+      await until(() => s.tree.entries.has("") && s.documents.active === "README.md" && s.terminals.active === 3);
+    } finally {
+      s.close();
     }
   });
 });
