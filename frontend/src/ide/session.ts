@@ -25,12 +25,12 @@ export type { Conflict, EditorHooks } from "./documents";
 export type { TermView } from "./terminals";
 
 export class IdeSession {
-  workspace: Workspace | null = null;
-  projectName = "";
+  private ws: Workspace | null = null;
+  private name = "";
   readonly client: CoveClient;
-  conn: ConnState = "connecting";
-  status: Status | null = null;
-  startError: string | null = null;
+  private connState: ConnState = "connecting";
+  private lastStatus: Status | null = null;
+  private openError: string | null = null;
 
   readonly terminals: Terminals;
   readonly documents: Documents;
@@ -50,13 +50,36 @@ export class IdeSession {
     this.tree = new Tree(this.client, this.documents, changed);
     this.stash = new Stash(id, this.client, this.documents, changed);
     this.client.onState((s) => {
-      this.conn = s;
+      this.connState = s;
       this.terminals.connectionChanged(s === "open");
       this.changed();
     });
     this.client.onWelcome(({ welcome, restarted }) => void this.onWelcome(welcome.terminals, restarted, welcome.status));
     this.client.onEvent((ev) => this.onEvent(ev));
     this.client.onFrame((f) => this.terminals.onFrame(f));
+  }
+
+  /** The controller's view of the workspace (null until the first start or token). */
+  get workspace(): Workspace | null {
+    return this.ws;
+  }
+
+  get projectName(): string {
+    return this.name;
+  }
+
+  get conn(): ConnState {
+    return this.connState;
+  }
+
+  /** The workspace's status (§11): from the welcome, then `status` events. */
+  get status(): Status | null {
+    return this.lastStatus;
+  }
+
+  /** Why the project cannot be opened at all (null: it can). */
+  get startError(): string | null {
+    return this.openError;
   }
 
   onChange(f: () => void): () => void {
@@ -76,10 +99,10 @@ export class IdeSession {
   async open(): Promise<void> {
     try {
       const p = await api.project(this.id);
-      this.projectName = p.name;
+      this.name = p.name;
       document.title = `${p.name} · Cove`;
     } catch (e) {
-      this.startError = e instanceof ApiError && e.code === "not_found" ? "There is no such project." : errorText(e);
+      this.openError = e instanceof ApiError && e.code === "not_found" ? "There is no such project." : errorText(e);
       this.changed();
       return;
     }
@@ -98,7 +121,7 @@ export class IdeSession {
     // later ones only ask for a token, so a workspace stopped on purpose
     // stays stopped until the person restarts it (§15, 4004).
     let ws: Workspace;
-    if (!this.workspace) {
+    if (!this.ws) {
       ws = await api.start(this.id);
     } else {
       try {
@@ -111,7 +134,7 @@ export class IdeSession {
         throw e;
       }
     }
-    this.workspace = ws;
+    this.ws = ws;
     this.changed();
     return { url: ws.urls.ide_socket, token: ws.token ?? "" };
   }
@@ -119,15 +142,15 @@ export class IdeSession {
   /** The person asked to start a stopped workspace again. */
   async restart(): Promise<void> {
     const ws = await api.start(this.id);
-    this.workspace = ws;
+    this.ws = ws;
     this.client.retryNow();
   }
 
   async refreshWorkspace(): Promise<void> {
     try {
-      const token = this.workspace?.token ?? null;
+      const token = this.ws?.token ?? null;
       const ws = await api.workspace(this.id);
-      this.workspace = { ...ws, token };
+      this.ws = { ...ws, token };
       this.changed();
     } catch {
       // the status bar keeps the last known mode
@@ -138,7 +161,7 @@ export class IdeSession {
 
   private async onWelcome(terms: TerminalInfo[], restarted: boolean, status: Status) {
     performance.mark("cove:welcome"); // for the load benchmark (benchmarks.md)
-    this.status = status;
+    this.lastStatus = status;
     // Saves answered on an older connection get no fs.durable here (§9.6);
     // a store that has caught up settles them.
     if (status.sync.state === "saved") this.documents.settleAll();
@@ -177,13 +200,13 @@ export class IdeSession {
   private onEvent(ev: ServerEvent) {
     switch (ev.type) {
       case "status": {
-        const wasReady = this.status?.ready ?? false;
-        this.status = ev.status;
-        if (!wasReady && this.status.ready) this.afterReady();
+        const wasReady = this.lastStatus?.ready ?? false;
+        this.lastStatus = ev.status;
+        if (!wasReady && this.lastStatus.ready) this.afterReady();
         if (!wasReady) void this.refreshWorkspace();
         // A reconnected page has no fs.durable for its old saves: the store
         // having caught up (saved) settles them (§9.6).
-        if (this.status.sync.state === "saved" && this.documents.pendingCount && this.conn === "open") {
+        if (this.lastStatus.sync.state === "saved" && this.documents.pendingCount && this.connState === "open") {
           this.documents.settleAll();
         }
         this.changed();
