@@ -1,43 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { CoveClient, WorkspaceNotRunning, type Ticket } from "../src/protocol/client";
-import { ProtocolError } from "../src/protocol/types";
-
-/** A WebSocket stand-in: records what the client sends, lets the test answer. */
-class FakeSocket {
-  static all: FakeSocket[] = [];
-  sent: any[] = [];
-  binaryType = "blob";
-  onopen: (() => void) | null = null;
-  onmessage: ((e: { data: unknown }) => void) | null = null;
-  onclose: ((e: { code: number; reason: string }) => void) | null = null;
-  closedWith: number | null = null;
-  constructor(
-    readonly url: string,
-    readonly protocols: string[],
-  ) {
-    FakeSocket.all.push(this);
-  }
-  send(data: string | Uint8Array) {
-    this.sent.push(typeof data === "string" ? JSON.parse(data) : data);
-  }
-  close(code = 1000) {
-    this.closedWith = code;
-  }
-  // test side
-  open() {
-    this.onopen?.();
-  }
-  reply(msg: unknown) {
-    this.onmessage?.({ data: JSON.stringify(msg) });
-  }
-  drop(code = 1006, reason = "") {
-    this.onclose?.({ code, reason });
-  }
-  welcome(instance = "i1") {
-    const hello = this.sent.find((m) => m.type === "hello");
-    this.reply({ type: "result", id: hello.id, result: { protocol: 1, instance, terminals: [], status: { ready: true }, limits: { dead_after_ms: 45000, ack_bytes: 65536 }, preview: {} } });
-  }
-}
+import { ProtocolError, type ReadResult, type ServerEvent } from "../src/protocol/types";
+import { FakeSocket } from "./fakeSocket";
 
 const flush = () => new Promise((r) => setTimeout(r, 0));
 
@@ -45,7 +9,7 @@ describe("CoveClient (protocol.md §3, §4, §8, §15)", () => {
   let tickets: number;
   let ticket: () => Promise<Ticket>;
   beforeEach(() => {
-    FakeSocket.all = [];
+    FakeSocket.reset();
     tickets = 0;
     ticket = async () => {
       tickets++;
@@ -82,6 +46,36 @@ describe("CoveClient (protocol.md §3, §4, §8, §15)", () => {
     expect(req).toMatchObject({ type: "fs.stat", path: "a" });
     ws.reply({ type: "result", id: req.id, result: { entry: { name: "a" } } });
     await expect(p).resolves.toEqual({ entry: { name: "a" } });
+  });
+
+  it("passes the events of §4.3 to listeners, and not others", async () => {
+    const c = client();
+    const seen: ServerEvent[] = [];
+    c.onEvent((e) => seen.push(e));
+    c.start();
+    await flush();
+    const ws = FakeSocket.all[0];
+    ws.open();
+    ws.welcome();
+    ws.reply({ type: "fs.durable", request: 7, commit: null });
+    ws.reply({ type: "from.the.future", x: 1 });
+    ws.reply({ type: "error", id: null, error: { code: "input_dropped", message: "full", details: { terminal: 1, bytes: 3 } } });
+    expect(seen.map((e) => e.type)).toEqual(["fs.durable", "error"]);
+  });
+
+  it("types a request's fields and result by its name (checked by tsc)", async () => {
+    const c = client();
+    const read: Promise<ReadResult> = c.request("fs.read", { path: "a" });
+    // @ts-expect-error: fs.read needs a path
+    const noPath = c.request("fs.read", {});
+    // @ts-expect-error: fs.list answers entries, not content
+    const wrong: Promise<{ content: string }> = c.request("fs.list", { path: "" });
+    // @ts-expect-error: there is no such request
+    const unknown = c.request("fs.chmod", { path: "a" });
+    // @ts-expect-error: hello is the client's own
+    const hello = c.request("hello", { protocol: 1, client: "x", features: [] });
+    c.close();
+    for (const p of [read, noPath, wrong, unknown, hello]) await expect(p).rejects.toMatchObject({ code: "closed" });
   });
 
   it("rejects with the server's error code", async () => {
@@ -165,8 +159,7 @@ describe("CoveClient (protocol.md §3, §4, §8, §15)", () => {
     await flush();
     const ws = FakeSocket.all[0];
     ws.open();
-    const hello = ws.sent[0];
-    ws.reply({ type: "result", id: hello.id, result: { protocol: 1, instance: "i", terminals: [], status: { ready: true }, limits: { dead_after_ms: 45000, max_in_flight: 2 }, preview: {} } });
+    ws.welcome("i", { max_in_flight: 2 });
     const ps = [1, 2, 3, 4].map((n) => c.request("fs.stat", { path: `f${n}` }));
     expect(ws.sent.length - 1).toBe(2);
     ws.reply({ type: "result", id: ws.sent[1].id, result: {} });
@@ -204,7 +197,7 @@ describe("CoveClient (protocol.md §3, §4, §8, §15)", () => {
       [4005, "superseded"],
       [4003, "outdated"],
     ] as const) {
-      FakeSocket.all = [];
+      FakeSocket.reset();
       const c = client();
       c.start();
       await vi.advanceTimersByTimeAsync(0);

@@ -10,7 +10,9 @@
 
 import { Backoff } from "./backoff";
 import { decodeFrame, type Frame } from "./frames";
-import { ProtocolError, type Status, type Welcome } from "./types";
+import { ProtocolError, type EventType, type RequestFields, type RequestResult, type RequestType, type ServerEvent, type Status, type Welcome } from "./types";
+
+export type { ServerEvent } from "./types";
 
 export const CLIENT_NAME = "cove-web/0.1.0";
 
@@ -55,10 +57,19 @@ export interface ClientOptions {
 
 type Listener<T> = (v: T) => void;
 
-export interface ServerEvent {
-  type: string;
-  [field: string]: unknown;
-}
+/** The events listeners get (§4.3); others, from a newer server, are ignored. */
+const EVENT_TYPES: Record<EventType, true> = {
+  heartbeat: true,
+  status: true,
+  "term.created": true,
+  "term.resized": true,
+  "term.responder": true,
+  "term.exited": true,
+  "term.closed": true,
+  "fs.changes": true,
+  "fs.durable": true,
+  error: true,
+};
 
 export class CoveClient {
   state: ConnState = "connecting";
@@ -139,11 +150,14 @@ export class CoveClient {
     this.failAll("closed", "the connection was closed");
   }
 
-  /** Sends a request; resolves with its `result`, rejects with a ProtocolError. */
-  /** `onSent` sees the request's id each time it goes out (a resend gets a new id). */
-  request<T = any>(type: string, fields: Record<string, unknown> = {}, onSent?: (id: number) => void): Promise<T> {
+  /**
+   * Sends a request; resolves with its `result`, rejects with a ProtocolError.
+   * Fields and result are those of `Requests` (types.ts). `onSent` sees the
+   * request's id each time it goes out (a resend gets a new id).
+   */
+  request<K extends Exclude<RequestType, "hello">>(type: K, fields: RequestFields<K>, onSent?: (id: number) => void): Promise<RequestResult<K>> {
     if (this.state === "closed") return Promise.reject(new ProtocolError("closed", "the connection was closed"));
-    return new Promise<T>((resolve, reject) => {
+    return new Promise<RequestResult<K>>((resolve, reject) => {
       const p: Pending = { id: 0, msg: { type, ...fields }, resolve, reject, onSent };
       if (this.state === "open" && this.ws) this.send(p);
       else this.waiting.push(p);
@@ -216,7 +230,8 @@ export class CoveClient {
       if (this.ws !== ws) return;
       this.openedAt = this.lastRx = this.now();
       this.helloId = this.nextId++;
-      ws.send(JSON.stringify({ type: "hello", id: this.helloId, protocol: 1, client: CLIENT_NAME, features: [] }));
+      const hello: RequestFields<"hello"> = { protocol: 1, client: CLIENT_NAME, features: [] };
+      ws.send(JSON.stringify({ type: "hello", id: this.helloId, ...hello }));
     };
     ws.onmessage = (ev: MessageEvent) => {
       if (this.ws !== ws) return;
@@ -262,7 +277,9 @@ export class CoveClient {
       return;
     }
     if (msg.type === "status" && msg.status) this.status = msg.status;
-    for (const f of this.eventListeners) f(msg);
+    if (!Object.hasOwn(EVENT_TYPES, msg.type)) return;
+    const event: ServerEvent = msg;
+    for (const f of this.eventListeners) f(event);
   }
 
   private onHello(msg: any) {

@@ -2,6 +2,7 @@
 // loads). One editor, one model per open file, view state kept per tab.
 import { useEffect, useRef, useState } from "preact/hooks";
 import type * as Monaco from "monaco-editor";
+import type { Conflict, Documents } from "../ide/documents";
 import type { IdeSession } from "../ide/session";
 import { isDirty, languageOf, tabMarker } from "../state/docs";
 import { baseName } from "../state/tree";
@@ -24,6 +25,7 @@ export function EditorPane({ session, onHistory }: { session: IdeSession; onHist
   const models = useRef(new Map<string, Monaco.editor.ITextModel>());
   const viewStates = useRef(new Map<string, Monaco.editor.ICodeEditorViewState | null>());
   const shown = useRef<string | null>(null);
+  const documents = session.documents;
 
   useEffect(() => {
     let alive = true;
@@ -52,30 +54,32 @@ export function EditorPane({ session, onHistory }: { session: IdeSession; onHist
     editor.current = ed;
     ed.addCommand(monaco.KeyMod.CtrlCmd | monaco.KeyCode.KeyS, () => {
       const p = shown.current;
-      if (p) session.save(p).catch((e) => toast(errorText(e), "error"));
+      if (p) session.documents.save(p).catch((e) => toast(errorText(e), "error"));
     });
     // Ctrl+P belongs to the page's quick open, not Monaco's.
     ed.addCommand(monaco.KeyMod.CtrlCmd | monaco.KeyCode.KeyP, () => dispatchEvent(new KeyboardEvent("keydown", { key: "p", ctrlKey: true })));
-    session.editorSetText = (path, text) => {
-      const m = models.current.get(path);
-      if (m && m.getValue() !== text) m.pushEditOperations([], [{ range: m.getFullModelRange(), text }], () => null);
-    };
-    session.renamedHook = (from, to) => {
-      const m = models.current.get(from);
-      if (!m) return;
-      models.current.delete(from);
-      const nm = monaco.editor.createModel(m.getValue(), languageOf(to), monaco.Uri.file(`/${to}`));
-      nm.onDidChangeContent(() => session.setText(to, nm.getValue()));
-      models.current.set(to, nm);
-      if (shown.current === from) {
-        shown.current = to;
-        ed.setModel(nm);
-      }
-      m.dispose();
-    };
+    const detach = documents.attachEditor({
+      setText: (path, text) => {
+        const m = models.current.get(path);
+        if (m && m.getValue() !== text) m.pushEditOperations([], [{ range: m.getFullModelRange(), text }], () => null);
+      },
+      renamed: (from, to) => {
+        const m = models.current.get(from);
+        if (!m) return;
+        models.current.delete(from);
+        const nm = monaco.editor.createModel(m.getValue(), languageOf(to), monaco.Uri.file(`/${to}`));
+        nm.onDidChangeContent(() => documents.setText(to, nm.getValue()));
+        models.current.set(to, nm);
+        if (shown.current === from) {
+          shown.current = to;
+          ed.setModel(nm);
+        }
+        m.dispose();
+      },
+    });
     (window as unknown as { __coveEditor: unknown }).__coveEditor = ed;
     return () => {
-      session.editorSetText = () => {};
+      detach();
       for (const m of models.current.values()) m.dispose();
       models.current.clear();
       ed.dispose();
@@ -83,22 +87,22 @@ export function EditorPane({ session, onHistory }: { session: IdeSession; onHist
   }, [monaco, session]);
 
   // Keep models in step with the open docs; show the active one.
-  const active = session.active;
-  const doc = active ? session.docs.get(active) : undefined;
+  const active = documents.active;
+  const doc = active ? documents.docs.get(active) : undefined;
   useEffect(() => {
     const ed = editor.current;
     if (!monaco || !ed) return;
     for (const [p, m] of models.current) {
-      if (!session.docs.has(p)) {
+      if (!documents.docs.has(p)) {
         m.dispose();
         models.current.delete(p);
         viewStates.current.delete(p);
       }
     }
-    for (const d of session.docs.values()) {
+    for (const d of documents.docs.values()) {
       if (d.kind !== "text" || models.current.has(d.path)) continue;
       const m = monaco.editor.createModel(d.text, languageOf(d.path), monaco.Uri.file(`/${d.path}`));
-      m.onDidChangeContent(() => session.setText(d.path, m.getValue()));
+      m.onDidChangeContent(() => documents.setText(d.path, m.getValue()));
       models.current.set(d.path, m);
     }
     // Read-only until the first read is in: typing into an empty model would be lost.
@@ -116,12 +120,12 @@ export function EditorPane({ session, onHistory }: { session: IdeSession; onHist
     }
   });
 
-  const conflict = session.conflict;
+  const conflict = documents.conflict;
   return (
     <div class="editor-pane">
       <div class="tabs" role="tablist" data-testid="tabs">
-        {session.tabs.map((p) => {
-          const d = session.docs.get(p);
+        {documents.tabs.map((p) => {
+          const d = documents.docs.get(p);
           const marker = d ? tabMarker(d) : "";
           return (
             <div
@@ -137,24 +141,20 @@ export function EditorPane({ session, onHistory }: { session: IdeSession; onHist
               onKeyDown={(e) => {
                 if (e.key === "Enter" || e.key === " ") {
                   e.preventDefault();
-                  session.active = p;
-                  session.emit();
+                  documents.activate(p);
                 }
               }}
               onMouseDown={(e) => {
                 if (e.button === 1) {
                   e.preventDefault();
-                  closeTab(session, p);
+                  closeTab(documents, p);
                 }
               }}
-              onClick={() => {
-                session.active = p;
-                session.emit();
-              }}
+              onClick={() => documents.activate(p)}
             >
               <span>{baseName(p)}</span>
               {marker && <span class="dirty" data-testid="tab-marker">{marker}</span>}
-              <button class="icon close" title="Close" onClick={(e) => { e.stopPropagation(); closeTab(session, p); }}>×</button>
+              <button class="icon close" title="Close" onClick={(e) => { e.stopPropagation(); closeTab(documents, p); }}>×</button>
             </div>
           );
         })}
@@ -162,8 +162,8 @@ export function EditorPane({ session, onHistory }: { session: IdeSession; onHist
       {doc && doc.changedOnDisk && (
         <div class="doc-banner" data-testid="changed-on-disk">
           {doc.path} changed on disk while you were editing it.
-          <button onClick={() => session.takeTheirs()}>Use the disk's version</button>
-          <button onClick={() => session.save(doc.path).catch((e) => toast(errorText(e), "error"))}>Save mine (asks first)</button>
+          <button onClick={() => documents.takeTheirs()}>Use the disk's version</button>
+          <button onClick={() => documents.save(doc.path).catch((e) => toast(errorText(e), "error"))}>Save mine (asks first)</button>
         </div>
       )}
       {doc && doc.deletedOnDisk && <div class="doc-banner">{doc.path} was deleted on disk. Saving creates it again.</div>}
@@ -180,19 +180,18 @@ export function EditorPane({ session, onHistory }: { session: IdeSession; onHist
         </div>
       )}
       {doc && doc.kind === "text" && !monaco && <div class="editor-message muted">Loading the editor…</div>}
-      {conflict && monaco && <ConflictDialog session={session} monaco={monaco} mine={session.docs.get(conflict.path)?.text ?? ""} />}
+      {conflict && monaco && <ConflictDialog documents={documents} conflict={conflict} monaco={monaco} mine={documents.docs.get(conflict.path)?.text ?? ""} />}
     </div>
   );
 }
 
-function closeTab(session: IdeSession, path: string) {
-  const d = session.docs.get(path);
+function closeTab(documents: Documents, path: string) {
+  const d = documents.docs.get(path);
   if (d && isDirty(d) && !confirm(`${path} has unsaved changes. Close it and lose them?`)) return;
-  session.closeTab(path);
+  documents.closeTab(path);
 }
 
-function ConflictDialog({ session, monaco, mine }: { session: IdeSession; monaco: MonacoNs; mine: string }) {
-  const c = session.conflict!;
+function ConflictDialog({ documents, conflict: c, monaco, mine }: { documents: Documents; conflict: Conflict; monaco: MonacoNs; mine: string }) {
   const [compare, setCompare] = useState(false);
   const host = useRef<HTMLDivElement>(null);
   useEffect(() => {
@@ -209,7 +208,7 @@ function ConflictDialog({ session, monaco, mine }: { session: IdeSession; monaco
     };
   }, [compare]);
   return (
-    <Modal title={`${c.path} changed on disk`} onClose={() => session.dismissConflict()} testid="conflict" wide={compare}>
+    <Modal title={`${c.path} changed on disk`} onClose={() => documents.dismissConflict()} testid="conflict" wide={compare}>
       <p>
         {c.theirs === null
           ? "The file was deleted since you opened it."
@@ -223,10 +222,10 @@ function ConflictDialog({ session, monaco, mine }: { session: IdeSession; monaco
       )}
       <div class="buttons">
         {/* Focus on Cancel: Enter must not overwrite someone's change. */}
-        <button autofocus onClick={() => session.dismissConflict()}>Cancel</button>
+        <button autofocus onClick={() => documents.dismissConflict()}>Cancel</button>
         {c.theirs !== null && !compare && <button data-testid="conflict-compare" onClick={() => setCompare(true)}>Compare</button>}
-        {c.theirs !== null && <button data-testid="conflict-theirs" onClick={() => session.takeTheirs()}>Use the disk's version</button>}
-        <button class="primary danger" data-testid="conflict-overwrite" onClick={() => session.overwrite().catch((e) => toast(errorText(e), "error"))}>
+        {c.theirs !== null && <button data-testid="conflict-theirs" onClick={() => documents.takeTheirs()}>Use the disk's version</button>}
+        <button class="primary danger" data-testid="conflict-overwrite" onClick={() => documents.overwrite().catch((e) => toast(errorText(e), "error"))}>
           Overwrite with mine
         </button>
       </div>

@@ -18,7 +18,7 @@ export function FileTree({ session, onHistory }: { session: IdeSession; onHistor
   const [dropDir, setDropDir] = useState<string | null>(null);
 
   useEffect(() => {
-    if (!session.tree.has("")) void session.listDir("");
+    if (!session.tree.entries.has("")) void session.tree.list("");
   }, [session]);
 
   const dirMenu = (dir: string): MenuItem[] => [
@@ -26,7 +26,7 @@ export function FileTree({ session, onHistory }: { session: IdeSession; onHistor
     { label: "New folder", action: () => setDialog({ kind: "new-folder", dir }) },
   ];
   const entryMenu = (path: string, e: Entry): MenuItem[] => [
-    ...(e.kind === "dir" ? dirMenu(path) : [{ label: "Open", action: () => void session.openFile(path) }]),
+    ...(e.kind === "dir" ? dirMenu(path) : [{ label: "Open", action: () => void session.documents.openFile(path) }]),
     { label: "Rename", action: () => setDialog({ kind: "rename", path }), shortcut: "F2" },
     ...(e.kind !== "dir" ? [{ label: "History", action: () => onHistory(path) }] : []),
     { label: "Copy path", action: () => void navigator.clipboard?.writeText(path) },
@@ -37,37 +37,37 @@ export function FileTree({ session, onHistory }: { session: IdeSession; onHistor
     const to = moveTarget(from, dir);
     if (!to) return;
     try {
-      await session.rename(from, to);
+      await session.tree.rename(from, to);
     } catch (e) {
       toast(`Could not move ${from}: ${errorText(e)}`, "error");
     }
   };
 
   const renderDir = (dir: string, depth: number): preact.JSX.Element[] => {
-    const entries = session.tree.get(dir);
+    const entries = session.tree.entries.get(dir);
     if (!entries) return [<li class="tree-loading" style={{ paddingLeft: `${depth * 12 + 20}px` }}>Loading…</li>];
     if (entries.length === 0 && dir !== "") return [<li class="muted small" style={{ paddingLeft: `${depth * 12 + 20}px` }}>empty</li>];
     const out: preact.JSX.Element[] = [];
     for (const e of entries) {
       const path = joinPath(dir, e.name);
-      const open = e.kind === "dir" && session.expanded.has(path);
+      const open = e.kind === "dir" && session.tree.expanded.has(path);
       out.push(
         <li
           key={path}
-          class={`tree-item ${e.kind}${session.active === path ? " active" : ""}${dropDir === path ? " drop" : ""}`}
+          class={`tree-item ${e.kind}${session.documents.active === path ? " active" : ""}${dropDir === path ? " drop" : ""}`}
           style={{ paddingLeft: `${depth * 12 + 6}px` }}
           data-testid="tree-item"
           data-path={path}
           data-kind={e.kind}
           role="treeitem"
           aria-expanded={e.kind === "dir" ? open : undefined}
-          aria-selected={session.active === path}
+          aria-selected={session.documents.active === path}
           tabIndex={0}
           draggable
           title={e.kind === "symlink" ? `${path} → ${e.target}` : path}
-          onClick={() => (e.kind === "dir" ? void session.toggleDir(path) : void session.openFile(path))}
+          onClick={() => (e.kind === "dir" ? void session.tree.toggle(path) : void session.documents.openFile(path))}
           onKeyDown={(ev) => {
-            if (ev.key === "Enter") e.kind === "dir" ? void session.toggleDir(path) : void session.openFile(path);
+            if (ev.key === "Enter") e.kind === "dir" ? void session.tree.toggle(path) : void session.documents.openFile(path);
             else if (ev.key === "F2") setDialog({ kind: "rename", path });
             else if (ev.key === "Delete") setDialog({ kind: "delete", path, isDir: e.kind === "dir" });
           }}
@@ -130,9 +130,9 @@ export function FileTree({ session, onHistory }: { session: IdeSession; onHistor
         <span class="spacer" />
         <button class="icon" title="New file" data-testid="new-file" onClick={() => setDialog({ kind: "new-file", dir: "" })}>+</button>
         <button class="icon" title="New folder" data-testid="new-folder" onClick={() => setDialog({ kind: "new-folder", dir: "" })}>⊞</button>
-        <button class="icon" title="Refresh" onClick={() => void session.listDir("")}>⟳</button>
+        <button class="icon" title="Refresh" onClick={() => void session.tree.list("")}>⟳</button>
       </div>
-      {session.treeError && <p class="form-error small">{session.treeError}</p>}
+      {session.tree.error && <p class="form-error small">{session.tree.error}</p>}
       <ul class="tree" role="tree">{renderDir("", 0)}</ul>
       {menu && <ContextMenu {...menu} onClose={() => setMenu(null)} />}
       {dialog && (dialog.kind === "new-file" || dialog.kind === "new-folder") && (
@@ -141,7 +141,7 @@ export function FileTree({ session, onHistory }: { session: IdeSession; onHistor
           label={dialog.dir ? `Name (in ${dialog.dir}/)` : "Name"}
           action="Create"
           validate={validateName}
-          onSubmit={(v) => (dialog.kind === "new-file" ? session.createFile(joinPath(dialog.dir, v)) : session.createDir(joinPath(dialog.dir, v)))}
+          onSubmit={(v) => (dialog.kind === "new-file" ? session.tree.createFile(joinPath(dialog.dir, v)) : session.tree.createDir(joinPath(dialog.dir, v)))}
           onClose={() => setDialog(null)}
         />
       )}
@@ -152,7 +152,7 @@ export function FileTree({ session, onHistory }: { session: IdeSession; onHistor
           initial={dialog.path}
           action="Rename"
           validate={(v) => validateName(v) ?? (v.trim() === dialog.path ? "That is the current name." : null)}
-          onSubmit={(v) => session.rename(dialog.path, v)}
+          onSubmit={(v) => session.tree.rename(dialog.path, v)}
           onClose={() => setDialog(null)}
         />
       )}
@@ -162,7 +162,7 @@ export function FileTree({ session, onHistory }: { session: IdeSession; onHistor
           danger
           action="Delete"
           message={<p>Delete <b>{dialog.path}</b>{dialog.isDir ? " and everything in it" : ""}? Its past versions stay in the project history.</p>}
-          onConfirm={() => session.remove(dialog.path)}
+          onConfirm={() => session.tree.remove(dialog.path)}
           onClose={() => setDialog(null)}
         />
       )}

@@ -112,7 +112,7 @@ export function HistoryDialog({ session, path, onClose }: { session: IdeSession;
             <p>
               {path ? <>Make <b>{path}</b> what it was</> : <>Make the whole project what it was</>} at {new Date(sel.time_ms).toLocaleString()}?
               {!path && " Files created since then are deleted."} This is a new commit: you can restore the current state again from the history.
-              {session.unsavedCount() > 0 && " Unsaved edits in open files are kept in their tabs."}
+              {session.documents.unsavedCount() > 0 && " Unsaved edits in open files are kept in their tabs."}
             </p>
           }
           onConfirm={restore}

@@ -32,12 +32,12 @@ export function IdePage({ id }: { id: string }) {
     void session.open();
     // Never lose an unsaved buffer to a closed tab either.
     const beforeUnload = (e: BeforeUnloadEvent) => {
-      session.flushStash();
-      if (session.unsavedCount() > 0) e.preventDefault();
+      session.stash.flush();
+      if (session.documents.unsavedCount() > 0) e.preventDefault();
     };
     addEventListener("beforeunload", beforeUnload);
     setLeaveGuard(() => {
-      const n = session.unsavedCount();
+      const n = session.documents.unsavedCount();
       return n
         ? `${n} file${n === 1 ? " has" : "s have"} unsaved changes. Leave anyway? They stay in this browser and come back, unsaved, when you open the project again.`
         : null;
@@ -58,10 +58,10 @@ export function IdePage({ id }: { id: string }) {
       } else if (mod && !e.shiftKey && e.key.toLowerCase() === "s") {
         // Monaco has its own binding; this covers focus outside the editor.
         e.preventDefault();
-        if (session.active) session.save(session.active).catch((x) => toast(errorText(x), "error"));
+        if (session.documents.active) session.documents.save(session.documents.active).catch((x) => toast(errorText(x), "error"));
       } else if (mod && e.shiftKey && e.code === "Backquote") {
         e.preventDefault();
-        session.newTerminal(true).catch((x) => toast(errorText(x), "error"));
+        session.terminals.create(true).catch((x) => toast(errorText(x), "error"));
       }
     };
     addEventListener("keydown", key);
@@ -146,7 +146,7 @@ function ConnectionBanner({ session }: { session: IdeSession }) {
   }, []);
   const c = session.conn;
   if (c === "open" || c === "connecting" || c === "closed") return null;
-  const unsaved = session.unsavedCount();
+  const unsaved = session.documents.unsavedCount();
   const keep = unsaved ? ` Your ${unsaved} unsaved file${unsaved > 1 ? "s stay" : " stays"} here.` : "";
   let msg: string;
   let action: preact.JSX.Element | null = null;

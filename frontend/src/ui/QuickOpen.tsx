@@ -10,13 +10,13 @@ export function QuickOpen({ session, onClose }: { session: IdeSession; onClose: 
   const input = useRef<HTMLInputElement>(null);
   useEffect(() => {
     input.current?.focus();
-    session.allFiles().then(setFiles, () => setFiles([]));
+    session.tree.allFiles().then(setFiles, () => setFiles([]));
   }, []);
   const hits = useMemo(() => fuzzyRank(q, files ?? []).slice(0, 50), [q, files]);
   const open = (p: string | undefined) => {
     if (!p) return;
     onClose();
-    void session.openFile(p);
+    void session.documents.openFile(p);
   };
   return (
     <div class="modal-back" onMouseDown={(e) => e.target === e.currentTarget && onClose()}>

@@ -16,8 +16,8 @@ export function StatusBar({ session }: { session: IdeSession }) {
   const label = syncLabel({
     conn: session.conn,
     status: session.status,
-    pendingSaves: session.savingCount(),
-    unsavedBuffers: session.unsavedCount(),
+    pendingSaves: session.documents.savingCount(),
+    unsavedBuffers: session.documents.unsavedCount(),
   });
   const mode = session.workspace?.mode;
   return (
@@ -27,7 +27,7 @@ export function StatusBar({ session }: { session: IdeSession }) {
       </span>
       <span class={`conn ${session.conn}`} data-testid="conn-status">{CONN_TEXT[session.conn] ?? session.conn}</span>
       <span class="spacer" />
-      {session.active && <span class="muted">{session.active}</span>}
+      {session.documents.active && <span class="muted">{session.documents.active}</span>}
       <span data-testid="mode" title={mode === "fuse" ? "Files are a FUSE mount: every write is seen as it happens" : mode === "watch" ? "Files are watched with inotify (no FUSE here)" : ""}>
         {mode === "fuse" ? "FUSE" : mode === "watch" ? "Watch" : "—"}
       </span>

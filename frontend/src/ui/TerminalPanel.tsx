@@ -12,33 +12,27 @@ import type { TerminalInfo } from "../protocol/types";
 import { errorText, toast } from "./common";
 
 export function TerminalPanel({ session }: { session: IdeSession }) {
-  const terms = session.terminals;
+  const terms = session.terminals.list;
   return (
     <div class="terminal-panel" data-testid="terminals">
       <div class="tabs terminal-tabs">
         {terms.map((t) => (
           <div
             key={t.id}
-            class={`tab${t.id === session.activeTerminal ? " active" : ""}${t.state === "exited" ? " exited" : ""}`}
+            class={`tab${t.id === session.terminals.active ? " active" : ""}${t.state === "exited" ? " exited" : ""}`}
             data-testid="term-tab"
             data-terminal-id={t.id}
             role="tab"
-            aria-selected={t.id === session.activeTerminal}
+            aria-selected={t.id === session.terminals.active}
             tabIndex={0}
             onKeyDown={(e) => {
               if (e.key === "Enter" || e.key === " ") {
                 e.preventDefault();
-                session.activeTerminal = t.id;
-                session.focusTerminal = t.id;
-                session.emit();
+                session.terminals.select(t.id);
               }
             }}
             title={t.title || t.command.join(" ")}
-            onClick={() => {
-              session.activeTerminal = t.id;
-              session.focusTerminal = t.id;
-              session.emit();
-            }}
+            onClick={() => session.terminals.select(t.id)}
           >
             <span>{t.title || t.name || `Terminal ${t.id}`}</span>
             {t.state === "exited" && <span class="muted small"> (exited{t.exit?.code !== null && t.exit?.code !== undefined ? ` ${t.exit.code}` : t.exit?.signal ? ` ${t.exit.signal}` : ""})</span>}
@@ -47,20 +41,20 @@ export function TerminalPanel({ session }: { session: IdeSession }) {
               title="Close terminal"
               onClick={(e) => {
                 e.stopPropagation();
-                session.closeTerminal(t.id).catch((x) => toast(errorText(x), "error"));
+                session.terminals.close(t.id).catch((x) => toast(errorText(x), "error"));
               }}
             >
               ×
             </button>
           </div>
         ))}
-        <button class="icon" title="New terminal (Ctrl+Shift+`)" data-testid="new-terminal" onClick={() => session.newTerminal(true).catch((e) => toast(errorText(e), "error"))}>
+        <button class="icon" title="New terminal (Ctrl+Shift+`)" data-testid="new-terminal" onClick={() => session.terminals.create(true).catch((e) => toast(errorText(e), "error"))}>
           +
         </button>
       </div>
       <div class="terminal-views">
         {terms.map((t) => (
-          <TerminalView key={t.id} session={session} info={t} visible={t.id === session.activeTerminal} />
+          <TerminalView key={t.id} session={session} info={t} visible={t.id === session.terminals.active} />
         ))}
         {terms.length === 0 && <p class="muted pad">No terminal. Press + to open one.</p>}
       </div>
@@ -95,7 +89,7 @@ function TerminalView({ session, info, visible }: { session: IdeSession; info: T
     fit.current = f;
 
     // §6.5: a connection that is not the responder must not answer queries.
-    const notResponder = () => !session.isResponder(id);
+    const notResponder = () => !session.terminals.isResponder(id);
     const swallow = [
       { final: "c" }, // DA1
       { prefix: ">", final: "c" }, // DA2
@@ -111,8 +105,8 @@ function TerminalView({ session, info, visible }: { session: IdeSession; info: T
     for (const osc of [4, 10, 11, 12]) disposers.push(t.parser.registerOscHandler(osc, (data) => notResponder() && data.includes("?")));
 
     const enc = new TextEncoder();
-    t.onData((s) => session.input(id, enc.encode(s)));
-    t.onBinary((s) => session.input(id, Uint8Array.from(s, (c) => c.charCodeAt(0) & 0xff)));
+    t.onData((s) => session.terminals.input(id, enc.encode(s)));
+    t.onBinary((s) => session.terminals.input(id, Uint8Array.from(s, (c) => c.charCodeAt(0) & 0xff)));
     // Copy with a selection, paste: Ctrl+Shift+C/V, and Ctrl+C when text is selected.
     t.attachCustomKeyEventHandler((e) => {
       if (e.type !== "keydown") return true;
@@ -147,7 +141,7 @@ function TerminalView({ session, info, visible }: { session: IdeSession; info: T
       // After an attach the server's size wins; the visible view asks for its pane's again (§6.2).
       refit: () => refitRef.current?.(),
     };
-    const unregister = session.adoptView(id, view);
+    const unregister = session.terminals.adoptView(id, view);
     (window as unknown as { __coveTerms?: Map<number, Terminal> }).__coveTerms ??= new Map();
     (window as unknown as { __coveTerms: Map<number, Terminal> }).__coveTerms.set(id, t);
     return () => {
@@ -170,7 +164,7 @@ function TerminalView({ session, info, visible }: { session: IdeSession; info: T
       const cols = Math.min(1000, dims.cols);
       const rows = Math.min(500, dims.rows);
       if (t.cols !== cols || t.rows !== rows) t.resize(cols, rows);
-      session.resizeTerminal(id, cols, rows);
+      session.terminals.resize(id, cols, rows);
     };
     refitRef.current = fitNow;
     let timer: ReturnType<typeof setTimeout> | null = null;
@@ -183,10 +177,7 @@ function TerminalView({ session, info, visible }: { session: IdeSession; info: T
     // Focus only when the person asked for this terminal: one created by
     // the page itself (the first, or after a restart) must not take the
     // keyboard from the editor.
-    if (session.focusTerminal === id) {
-      session.focusTerminal = null;
-      term.current?.focus();
-    }
+    if (session.terminals.takeFocus(id)) term.current?.focus();
     return () => {
       refitRef.current = null;
       ro.disconnect();
