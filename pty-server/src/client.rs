@@ -84,6 +84,16 @@ impl ClientError {
     }
 }
 
+/// `e["code"]`, `e["details"]`: the server's error object's fields, `null`
+/// for other failures (as with [`ClientError::body`]).
+impl std::ops::Index<&str> for ClientError {
+    type Output = Value;
+
+    fn index(&self, key: &str) -> &Value {
+        &self.body()[key]
+    }
+}
+
 /// One message from the server, as [`Client::recv`] returns it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Incoming {
@@ -626,6 +636,8 @@ mod tests {
         let e = ClientError::Server(json!({"code": "bad_path", "message": "no"}));
         assert_eq!(e.code(), Some("bad_path"));
         assert_eq!(e.to_string(), "bad_path: no");
+        assert_eq!(e["code"], "bad_path");
+        assert_eq!(e["details"], Value::Null);
         assert_eq!(ClientError::Timeout("x".into()).code(), None);
     }
 }
