@@ -7,7 +7,7 @@
 #   BENCH_QUICK=1 scripts/bench-controller.sh          fewer samples, smaller fleet
 #   BENCH_OUT=/tmp/controller.md scripts/bench-controller.sh   also write the report there
 #
-# It measures (controller/examples/controller-bench.rs):
+# It measures (controller/examples/controller-bench/):
 #   1. create a node project -> shell prompt over the IDE WebSocket, p50/p99/max;
 #   2. restart of a stopped ~20,000-file project (a real node_modules, built once
 #      with ../shared/bench/make-node-modules.sh into $BENCH_CACHE) -> ready;

@@ -1,42 +1,29 @@
 //! End to end through the gateway: the real controller binary running real
 //! cove-sync and cove-pty processes, a real WebSocket client, a real app.
 
-use futures::{SinkExt, StreamExt};
+use cove_pty::client::{Client, Connect};
+use cove_testkit::{free_port, Proc, S3Env};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
+
+/// How long a socket request or event may take.
+const T: Duration = Duration::from_secs(30);
 
 /// A controller process. Its log (and its children's, which inherit its
 /// stderr) goes to a file, printed only when the test fails: four tests'
 /// interleaved logs would otherwise bury the one panic message that says
 /// what went wrong.
 struct Controller {
-    child: Child,
+    proc: Proc,
     port: u16,
     dir: tempfile::TempDir,
 }
 
 impl Drop for Controller {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log =
-                std::fs::read_to_string(self.dir.path().join("controller.log")).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(80)..];
-            eprintln!(
-                "---- the last {} lines of the controller's log ----\n{}",
-                tail.len(),
-                tail.join("\n")
-            );
-        }
+        // SIGTERM: the controller stops its workspaces, which flush.
+        self.proc.terminate(Duration::from_secs(120));
     }
 }
 
@@ -48,39 +35,14 @@ fn start() -> Controller {
 /// environment; `None` outside the test command (then the S3 case is
 /// skipped, except under CI where it must run).
 fn s3_store() -> Option<(String, Vec<(String, String)>)> {
-    let Ok(endpoint) = std::env::var("COVE_TEST_S3_ENDPOINT") else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "COVE_TEST_S3_ENDPOINT is not set under CI: run the tests through scripts/test.sh"
-        );
-        eprintln!("COVE_TEST_S3_ENDPOINT not set: skipping the S3 case");
-        return None;
-    };
-    let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let prefix = format!("controller-test-{}-{nanos}", std::process::id());
-    Some((
-        format!("s3://{}/{prefix}", var("COVE_TEST_S3_BUCKET", "cove-test")),
-        vec![
-            ("COVE_S3_ENDPOINT".into(), endpoint),
-            (
-                "COVE_S3_REGION".into(),
-                var("COVE_TEST_S3_REGION", "garage"),
-            ),
-            ("COVE_S3_PATH_STYLE".into(), "true".into()),
-            (
-                "AWS_ACCESS_KEY_ID".into(),
-                var("COVE_TEST_S3_ACCESS_KEY", ""),
-            ),
-            (
-                "AWS_SECRET_ACCESS_KEY".into(),
-                var("COVE_TEST_S3_SECRET_KEY", ""),
-            ),
-        ],
-    ))
+    let s3 = S3Env::from_env()?;
+    let mut env: Vec<(String, String)> = s3
+        .process_env()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    env.push(("COVE_S3_PATH_STYLE".into(), "true".into()));
+    Some((s3.fresh_url("controller-test"), env))
 }
 
 fn start_with(extra: &[&str]) -> Controller {
@@ -91,33 +53,10 @@ fn start_env(extra: &[&str], env: &[(String, String)]) -> Controller {
     start_mode("watch", extra, env)
 }
 
-/// Root with /dev/fuse: the test command (and CI) runs as root, so there
-/// the FUSE case must run; elsewhere it is skipped with a note.
-fn fuse_available() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .is_ok()
-        && nix::unistd::geteuid().is_root();
-    if !ok {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must run the FUSE case (root and /dev/fuse)"
-        );
-        eprintln!("no usable /dev/fuse: skipping the FUSE case");
-    }
-    ok
-}
-
 /// A controller whose workspaces run in `mode` (`watch` or `fuse`).
 fn start_mode(mode: &str, extra: &[&str], env: &[(String, String)]) -> Controller {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let templates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
     // A HOME of its own: the terminals' `bash -l` must not run this
     // machine's dotfiles. pyenv's, for one, takes a lock file in
@@ -125,24 +64,22 @@ fn start_mode(mode: &str, extra: &[&str], env: &[(String, String)]) -> Controlle
     // leaves behind, and every later login shell then hangs for a minute.
     let home = dir.path().join("home");
     std::fs::create_dir(&home).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cove-controller"))
-        .args(["--port", &port.to_string(), "--mode", mode, "--data-dir"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cove-controller"));
+    cmd.args(["--port", &port.to_string(), "--mode", mode, "--data-dir"])
         .arg(dir.path())
         .arg("--templates")
         .arg(&templates)
         .args(extra)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("NO_COLOR", "1")
-        .env("HOME", &home)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.path().join("controller.log")).unwrap())
-        .spawn()
-        .expect("starting cove-controller");
-    let out = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(out).read_line(&mut line).unwrap();
-    assert!(line.starts_with("listening"), "{line}");
-    Controller { child, port, dir }
+        .env("HOME", &home);
+    let mut proc = Proc::spawn_logging_to(
+        "cove-controller",
+        &mut cmd,
+        &dir.path().join("controller.log"),
+    );
+    proc.wait_line("listening", Duration::from_secs(60));
+    Controller { proc, port, dir }
 }
 
 /// docs/openapi.yaml, parsed once.
@@ -236,70 +173,25 @@ async fn call(c: &Controller, method: &str, path: &str, body: Option<&str>) -> (
     (status, v)
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(c: &Controller, id: &str, token: &str) -> Ws {
-    let mut req = format!("ws://127.0.0.1:{}/ws", c.port)
-        .into_client_request()
-        .unwrap();
-    let h = req.headers_mut();
-    h.insert(
-        "host",
-        format!("{id}.ide.localhost:{}", c.port).parse().unwrap(),
-    );
-    h.insert(
-        "origin",
-        format!("http://localhost:{}", c.port).parse().unwrap(),
-    );
-    h.insert(
-        "sec-websocket-protocol",
-        format!("cove.v1, cove.token.{token}").parse().unwrap(),
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(req)
-        .await
-        .expect("upgrade through the gateway");
-    ws.send(Message::Text(
-        json!({"type":"hello","id":1,"protocol":1})
-            .to_string()
-            .into(),
-    ))
+/// The IDE socket of workspace `id` through the gateway, with `token`.
+async fn connect(c: &Controller, id: &str, token: &str) -> Client {
+    let ws = Connect::url(
+        &format!("ws://{id}.ide.localhost:{}/ws", c.port),
+        token,
+        &format!("http://localhost:{}", c.port),
+    )
+    .via(Some(&format!("127.0.0.1:{}", c.port)))
+    .client("local_mode test")
+    .connect()
     .await
-    .unwrap();
-    let w = next_json(&mut ws, |v| v["id"] == 1).await;
-    assert_eq!(w["result"]["project"], id);
+    .expect("upgrade and hello through the gateway");
+    assert_eq!(ws.welcome["project"], id);
     ws
-}
-
-async fn next_json(ws: &mut Ws, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let m = tokio::time::timeout(left, ws.next())
-            .await
-            .expect("timed out")
-            .unwrap()
-            .unwrap();
-        if let Message::Text(t) = m {
-            let v: Value = serde_json::from_str(&t).unwrap();
-            if pred(&v) {
-                return v;
-            }
-        }
-    }
-}
-
-async fn request(ws: &mut Ws, id: u64, mut req: Value) -> Value {
-    req["id"] = json!(id);
-    ws.send(Message::Text(req.to_string().into()))
-        .await
-        .unwrap();
-    next_json(ws, |v| v["id"] == id).await
 }
 
 /// Starts the workspace, waits for it and opens its socket through the
 /// gateway with the token the start returned.
-async fn start_and_connect(c: &Controller, id: &str) -> Ws {
+async fn start_and_connect(c: &Controller, id: &str) -> Client {
     let (_, w) = call(
         c,
         "POST",
@@ -339,7 +231,7 @@ async fn the_same_on_an_s3_store() {
 /// The same over real FUSE mounts (the default where Cove runs as root).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_over_fuse() {
-    if !fuse_available() {
+    if !cove_testkit::require_fuse() {
         return;
     }
     round_trip(start_mode("fuse", &[], &[]), "fuse").await;
@@ -488,16 +380,13 @@ async fn round_trip(c: Controller, mode: &str) {
     // Through the gateway: a terminal runs the template's app, the preview
     // host reaches it, a file is saved.
     let mut ws = connect(&c, &id, &token).await;
-    let r = request(&mut ws, 2, json!({"type":"fs.read","path":"app.py"})).await;
-    assert!(
-        r["result"]["content"]
-            .as_str()
-            .unwrap()
-            .contains("HTTPServer"),
-        "{r}"
-    );
-    let r = request(&mut ws, 3, json!({"type":"term.create","cols":80,"rows":24,"attach":false,"command":["python3","app.py"]})).await;
-    assert!(r["result"]["terminal"]["id"].is_u64(), "{r}");
+    let r = ws
+        .request(json!({"type":"fs.read","path":"app.py"}))
+        .await
+        .unwrap();
+    assert!(r["content"].as_str().unwrap().contains("HTTPServer"), "{r}");
+    let r = ws.request(json!({"type":"term.create","cols":80,"rows":24,"attach":false,"command":["python3","app.py"]})).await.unwrap();
+    assert!(r["terminal"]["id"].is_u64(), "{r}");
     let app_port = w["app_port"].as_u64().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let body = loop {
@@ -515,8 +404,8 @@ async fn round_trip(c: Controller, mode: &str) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(body.contains(&format!("port {app_port}")), "{body}");
-    let r = request(&mut ws, 4, json!({"type":"fs.write","path":"notes.txt","content":"saved\n","encoding":"utf8","base_version":null})).await;
-    assert_eq!(r["result"]["durable"], true, "{r}");
+    let r = ws.request(json!({"type":"fs.write","path":"notes.txt","content":"saved\n","encoding":"utf8","base_version":null})).await.unwrap();
+    assert_eq!(r["durable"], true, "{r}");
     drop(ws);
 
     // Stop, then start again: the edit is there.
@@ -537,11 +426,14 @@ async fn round_trip(c: Controller, mode: &str) {
     .await;
     assert_eq!(w["error"]["code"], "workspace_not_running");
     let mut ws = start_and_connect(&c, &id).await;
-    let r = request(&mut ws, 2, json!({"type":"fs.read","path":"notes.txt"})).await;
-    assert_eq!(r["result"]["content"], "saved\n", "{r}");
-    let v1 = r["result"]["version"].clone();
-    let r = request(&mut ws, 3, json!({"type":"fs.write","path":"notes.txt","content":"v2\n","encoding":"utf8","base_version":v1})).await;
-    assert_eq!(r["result"]["durable"], true, "{r}");
+    let r = ws
+        .request(json!({"type":"fs.read","path":"notes.txt"}))
+        .await
+        .unwrap();
+    assert_eq!(r["content"], "saved\n", "{r}");
+    let v1 = r["version"].clone();
+    let r = ws.request(json!({"type":"fs.write","path":"notes.txt","content":"v2\n","encoding":"utf8","base_version":v1})).await.unwrap();
+    assert_eq!(r["durable"], true, "{r}");
 
     // The oldest commit that wrote notes.txt has "saved". Restored into the
     // running workspace, by its sidecar through the files: the client's
@@ -565,8 +457,11 @@ async fn round_trip(c: Controller, mode: &str) {
     };
     let (_, h) = call(&c, "GET", &format!("/api/projects/{id}/history"), None).await;
     let at = find_first(&h);
-    let r = request(&mut ws, 4, json!({"type":"fs.subscribe","path":""})).await;
-    assert!(r["result"].is_object(), "{r}");
+    let r = ws
+        .request(json!({"type":"fs.subscribe","path":""}))
+        .await
+        .unwrap();
+    assert!(r.is_object(), "{r}");
     let (s, r) = call(
         &c,
         "POST",
@@ -579,25 +474,27 @@ async fn round_trip(c: Controller, mode: &str) {
         (200, Some(1), Some(true)),
         "{r}"
     );
-    let ev = next_json(&mut ws, |v| {
-        v["type"] == "fs.changes"
-            && v["events"]
-                .as_array()
-                .is_some_and(|e| e.iter().any(|e| e["path"] == "notes.txt"))
-    })
-    .await;
+    let ev = ws
+        .wait_message("fs.changes of notes.txt", T, |v| {
+            v["type"] == "fs.changes"
+                && v["events"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|e| e["path"] == "notes.txt"))
+        })
+        .await
+        .unwrap();
     assert!(
         !ev.to_string().contains(".cove-tmp-"),
         "temporary files stay hidden: {ev}"
     );
-    let r = request(&mut ws, 5, json!({"type":"fs.read","path":"notes.txt"})).await;
-    assert_eq!(
-        r["result"]["content"], "saved\n",
-        "restored while running: {r}"
-    );
+    let r = ws
+        .request(json!({"type":"fs.read","path":"notes.txt"}))
+        .await
+        .unwrap();
+    assert_eq!(r["content"], "saved\n", "restored while running: {r}");
     // A newer version again, for the restore of the stopped project below.
-    let r = request(&mut ws, 6, json!({"type":"fs.write","path":"notes.txt","content":"v3\n","encoding":"utf8","base_version":r["result"]["version"]})).await;
-    assert_eq!(r["result"]["durable"], true, "{r}");
+    let r = ws.request(json!({"type":"fs.write","path":"notes.txt","content":"v3\n","encoding":"utf8","base_version":r["version"]})).await.unwrap();
+    assert_eq!(r["durable"], true, "{r}");
     drop(ws);
     let (s, _) = call(
         &c,
@@ -704,18 +601,24 @@ async fn round_trip(c: Controller, mode: &str) {
         "a second restore changes nothing: {r2}"
     );
     let mut ws = start_and_connect(&c, &id).await;
-    let r = request(&mut ws, 2, json!({"type":"fs.read","path":"notes.txt"})).await;
-    assert_eq!(r["result"]["content"], "saved\n", "restored: {r}");
+    let r = ws
+        .request(json!({"type":"fs.read","path":"notes.txt"}))
+        .await
+        .unwrap();
+    assert_eq!(r["content"], "saved\n", "restored: {r}");
     // A file a terminal just wrote, not flushed by anyone yet...
-    let r = request(&mut ws, 3, json!({"type":"term.create","cols":80,"rows":24,"attach":false,"command":["sh","-c","echo fresh > fresh.txt"]})).await;
-    assert!(r["result"]["terminal"]["id"].is_u64(), "{r}");
+    let r = ws.request(json!({"type":"term.create","cols":80,"rows":24,"attach":false,"command":["sh","-c","echo fresh > fresh.txt"]})).await.unwrap();
+    assert!(r["terminal"]["id"].is_u64(), "{r}");
     let deadline = Instant::now() + Duration::from_secs(10);
-    for n in 4.. {
-        let r = request(&mut ws, n, json!({"type":"fs.read","path":"fresh.txt"})).await;
-        if r["result"]["content"] == "fresh\n" {
+    loop {
+        // not_found until the terminal has written it.
+        let r = ws
+            .request(json!({"type":"fs.read","path":"fresh.txt"}))
+            .await;
+        if r.as_ref().is_ok_and(|r| r["content"] == "fresh\n") {
             break;
         }
-        assert!(Instant::now() < deadline, "{r}");
+        assert!(Instant::now() < deadline, "{r:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(ws);
@@ -783,8 +686,8 @@ async fn a_damaged_blob_is_named_not_served() {
     let big: String = (0..100_000u32)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
-    let r = request(&mut ws, 2, json!({"type":"fs.write","path":"big.txt","content":big,"encoding":"utf8","base_version":null})).await;
-    assert_eq!(r["result"]["durable"], true, "{r}");
+    let r = ws.request(json!({"type":"fs.write","path":"big.txt","content":big,"encoding":"utf8","base_version":null})).await.unwrap();
+    assert_eq!(r["durable"], true, "{r}");
     drop(ws);
     let (s, _) = call(
         &c,
@@ -843,7 +746,7 @@ fn pids_of(pattern: &str) -> Vec<i32> {
 /// killing a sidecar right after it mounted.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_fuse_workspace_starts_again_over_its_dead_mount() {
-    if !fuse_available() {
+    if !cove_testkit::require_fuse() {
         return;
     }
     let c = start_mode("fuse", &[], &[]);
@@ -881,8 +784,11 @@ async fn a_failed_fuse_workspace_starts_again_over_its_dead_mount() {
     // ENOTCONN.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut ws = start_and_connect(&c, &id).await;
-    let r = request(&mut ws, 2, json!({"type":"fs.read","path":"index.html"})).await;
-    assert!(r["result"]["content"].is_string(), "{r}");
+    let r = ws
+        .request(json!({"type":"fs.read","path":"index.html"}))
+        .await
+        .unwrap();
+    assert!(r["content"].is_string(), "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -959,11 +865,11 @@ async fn crashed_children_are_restarted_idle_workspaces_stop_and_nothing_is_orph
     .await;
     wait_ready(&c, &id).await;
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(c.child.id() as i32),
+        nix::unistd::Pid::from_raw(c.proc.pid()),
         nix::sys::signal::SIGTERM,
     )
     .unwrap();
-    assert!(c.child.wait().unwrap().success());
+    assert!(c.proc.child.wait().unwrap().success());
     assert!(pids_of(&id).is_empty(), "left behind: {:?}", pids_of(&id));
 }
 
@@ -1105,12 +1011,18 @@ async fn every_template_gives_a_working_project() {
         let id = p["id"].as_str().unwrap().to_string();
         assert_eq!(p["template"], template);
         let mut ws = start_and_connect(&c, &id).await;
-        let r = request(&mut ws, 2, json!({"type":"fs.read","path":file})).await;
-        let content = r["result"]["content"].as_str().unwrap_or_default();
+        let r = ws
+            .request(json!({"type":"fs.read","path":file}))
+            .await
+            .unwrap();
+        let content = r["content"].as_str().unwrap_or_default();
         assert!(content.contains(needle), "{template}/{file}: {r}");
         // The template's own description of itself is not in the project.
-        let r = request(&mut ws, 3, json!({"type":"fs.stat","path":"template.json"})).await;
-        assert_eq!(r["error"]["code"], "not_found", "{template}: {r}");
+        let e = ws
+            .request(json!({"type":"fs.stat","path":"template.json"}))
+            .await
+            .unwrap_err();
+        assert_eq!(e["code"], "not_found", "{template}: {e}");
         drop(ws);
         let (s, w) = call(
             &c,

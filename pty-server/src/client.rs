@@ -196,10 +196,12 @@ impl Connect {
                         source: e,
                     }
                 })?;
+                let _ = tcp.set_nodelay(true);
                 tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
                     .await
             }
-            None => tokio_tungstenite::connect_async(req).await,
+            // No Nagle, as in browsers: a keystroke goes out at once.
+            None => tokio_tungstenite::connect_async_with_config(req, None, true).await,
         };
         match r {
             Ok((ws, _)) => Ok(ws),

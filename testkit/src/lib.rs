@@ -254,6 +254,10 @@ impl Proc {
 
     /// SIGTERM, then wait up to `grace` before SIGKILL; the exit status.
     pub fn terminate(&mut self, grace: Duration) -> Option<ExitStatus> {
+        // Reaped already: its pid may be another process's by now.
+        if let Ok(Some(st)) = self.child.try_wait() {
+            return Some(st);
+        }
         // SAFETY: kill(2) of our own child, which we have not reaped yet.
         unsafe {
             libc::kill(self.pid(), libc::SIGTERM);
