@@ -15,20 +15,7 @@ use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
 fn fuse_available() -> bool {
-    let ok = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .is_ok()
-        && nix::unistd::geteuid().is_root();
-    if !ok {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must run the FUSE tests (root and /dev/fuse)"
-        );
-        eprintln!("no usable /dev/fuse: skipping");
-    }
-    ok
+    cove_testkit::require_fuse()
 }
 
 /// A developer's day in miniature: every pattern below is one that a real

@@ -5,34 +5,24 @@
 pub mod sidecar;
 
 use cove_sync::store::{DirStore, DynStore, S3Config, S3Store};
+use cove_testkit::S3Env;
 use std::sync::Arc;
 
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{:016x}", rand::random::<u64>())
-}
+pub use cove_testkit::unique;
 
 /// S3 settings of the Garage that `scripts/test.sh` starts. Without them
 /// (a plain `cargo test`) S3 cases are skipped, except under CI where that
 /// would hide a broken setup.
 pub fn s3_config() -> Option<S3Config> {
-    let endpoint = std::env::var("COVE_TEST_S3_ENDPOINT").ok();
-    let Some(endpoint) = endpoint else {
-        if std::env::var("CI").is_ok() {
-            panic!(
-                "COVE_TEST_S3_ENDPOINT is not set under CI: run the tests through scripts/test.sh"
-            );
-        }
-        eprintln!("COVE_TEST_S3_ENDPOINT not set: skipping the S3 case (run scripts/test.sh)");
-        return None;
-    };
+    let s3 = S3Env::from_env()?;
     Some(S3Config {
-        endpoint: Some(endpoint),
-        region: std::env::var("COVE_TEST_S3_REGION").unwrap_or_else(|_| "garage".into()),
-        bucket: std::env::var("COVE_TEST_S3_BUCKET").unwrap_or_else(|_| "cove-test".into()),
+        endpoint: Some(s3.endpoint),
+        region: s3.region,
+        bucket: s3.bucket,
         prefix: unique("t"),
         path_style: true,
-        access_key: std::env::var("COVE_TEST_S3_ACCESS_KEY").ok(),
-        secret_key: std::env::var("COVE_TEST_S3_SECRET_KEY").ok(),
+        access_key: Some(s3.access_key).filter(|k| !k.is_empty()),
+        secret_key: Some(s3.secret_key).filter(|k| !k.is_empty()),
     })
 }
 

@@ -1,11 +1,11 @@
 //! A real `cove-sync serve` process, as the controller runs it.
 #![allow(dead_code)]
 
+use cove_testkit::{free_port, Proc};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cove-sync");
@@ -44,16 +44,9 @@ pub fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
     v
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 pub struct Sidecar {
-    pub child: Child,
+    /// The process; its log's tail is printed when a test fails.
+    pub proc: Proc,
     pub mount: PathBuf,
     pub cache: PathBuf,
     pub api: String,
@@ -109,28 +102,11 @@ impl Sidecar {
         .args(["--api", &api])
         .arg("--state-file")
         .arg(dir.path().join("sidecar.state"))
-        .args(extra)
-        .stdout(Stdio::piped());
-        if std::env::var("COVE_TEST_LOG").is_err() {
-            c.stderr(Stdio::null());
-        }
-        let mut child = c.spawn().expect("spawning cove-sync");
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if line == "ready" {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let _ = child.kill();
-            panic!("cove-sync did not become ready: {:?}", child.wait());
-        }
+        .args(extra);
+        let mut proc = Proc::spawn("cove-sync", &mut c);
+        proc.wait_line("ready", Duration::from_secs(60));
         Sidecar {
-            child,
+            proc,
             mount,
             cache,
             api,
@@ -154,11 +130,11 @@ impl Sidecar {
     /// Graceful stop (pod deletion): everything is flushed first.
     pub fn terminate(mut self) {
         nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::unistd::Pid::from_raw(self.proc.pid()),
             nix::sys::signal::SIGTERM,
         )
         .unwrap();
-        let st = self.child.wait().unwrap();
+        let st = self.proc.child.wait().unwrap();
         assert!(st.success(), "cove-sync exited with {st:?}");
     }
 
@@ -178,8 +154,8 @@ impl Sidecar {
 
     /// Crash: SIGKILL, then detach the dead mount as the next start would.
     pub fn kill(mut self) {
-        self.child.kill().unwrap();
-        let _ = self.child.wait();
+        self.proc.child.kill().unwrap();
+        let _ = self.proc.child.wait();
         if self.mode == "fuse" {
             let _ = nix::mount::umount2(&self.mount, nix::mount::MntFlags::MNT_DETACH);
         }
@@ -188,9 +164,9 @@ impl Sidecar {
 
 impl Drop for Sidecar {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if let Ok(None) = self.proc.child.try_wait() {
+            let _ = self.proc.child.kill();
+            let _ = self.proc.child.wait();
         }
         if self.mode == "fuse" {
             let _ = nix::mount::umount2(&self.mount, nix::mount::MntFlags::MNT_DETACH);
