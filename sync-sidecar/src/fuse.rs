@@ -3,8 +3,8 @@
 //! A thin adapter, in the spirit of mountpoint-s3's `fuse.rs`: each
 //! `fuser::Filesystem` method does the operation on the cache directory
 //! (always through [`Root`], never following a symlink out of it), tells the
-//! [`Workspace`] what changed, and replies. All durability logic lives in the
-//! workspace, which is tested without a mount.
+//! [`SyncEngine`] what changed, and replies. All durability logic lives in
+//! the engine, which is tested without a mount.
 //!
 //! Design points:
 //! - Inode numbers are the cache files' own inode numbers (root swapped with
@@ -18,7 +18,7 @@
 //!   the kernel for long (`entry_ttl`).
 
 use crate::fsutil::{self, join, split, Root};
-use crate::workspace::{ChangeKind, Workspace};
+use crate::workspace::{ChangeKind, SyncEngine};
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
@@ -85,7 +85,7 @@ enum Handle {
 }
 
 pub struct CoveFs {
-    ws: Arc<Workspace>,
+    ws: Arc<SyncEngine>,
     root: Arc<Root>,
     root_ino: u64,
     inodes: RwLock<HashMap<u64, Inode>>,
@@ -133,7 +133,7 @@ fn kind_of(mode: u32) -> FileType {
 
 impl CoveFs {
     pub fn new(
-        ws: Arc<Workspace>,
+        ws: Arc<SyncEngine>,
         cfg: FuseConfig,
         rt: tokio::runtime::Handle,
     ) -> std::io::Result<Self> {
@@ -1285,7 +1285,7 @@ impl CoveFs {
 /// Mount `ws` at `mountpoint` and serve it on background threads until the
 /// returned session is dropped or unmounted.
 pub fn mount(
-    ws: Arc<Workspace>,
+    ws: Arc<SyncEngine>,
     mountpoint: &Path,
     cfg: FuseConfig,
     rt: tokio::runtime::Handle,
