@@ -12,7 +12,7 @@
 //! - `GET  /metrics`  — Prometheus text format.
 
 use crate::restore::{RestoreError, Target};
-use crate::workspace::{ChangeEvent, ChangeKind, FlushError, Workspace};
+use crate::workspace::{ChangeEvent, ChangeKind, FlushError, SyncEngine};
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
@@ -30,7 +30,7 @@ const MAX_BODY: usize = 1 << 20;
 
 /// The API of `ws`; `restore` is where it can restore (`None`: it cannot,
 /// `/restore` answers 501).
-pub fn router(ws: Arc<Workspace>, restore: Option<Arc<Target>>) -> Router {
+pub fn router(ws: Arc<SyncEngine>, restore: Option<Arc<Target>>) -> Router {
     let restoring = Router::new()
         .route("/restore", post(restore_handler))
         .with_state((ws.clone(), restore));
@@ -57,7 +57,7 @@ struct RestoreReq {
 }
 
 async fn restore_handler(
-    State((ws, target)): State<(Arc<Workspace>, Option<Arc<Target>>)>,
+    State((ws, target)): State<(Arc<SyncEngine>, Option<Arc<Target>>)>,
     body: axum::body::Bytes,
 ) -> Response {
     let Some(target) = target else {
@@ -137,7 +137,7 @@ fn err(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-async fn readyz(State(ws): State<Arc<Workspace>>) -> Response {
+async fn readyz(State(ws): State<Arc<SyncEngine>>) -> Response {
     if ws.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -149,7 +149,7 @@ async fn readyz(State(ws): State<Arc<Workspace>>) -> Response {
     }
 }
 
-async fn status(State(ws): State<Arc<Workspace>>) -> Response {
+async fn status(State(ws): State<Arc<SyncEngine>>) -> Response {
     Json(ws.status()).into_response()
 }
 
@@ -159,7 +159,7 @@ struct FlushReq {
     paths: Option<Vec<String>>,
 }
 
-async fn flush(State(ws): State<Arc<Workspace>>, body: axum::body::Bytes) -> Response {
+async fn flush(State(ws): State<Arc<SyncEngine>>, body: axum::body::Bytes) -> Response {
     let req: FlushReq = if body.is_empty() {
         FlushReq { paths: None }
     } else {
@@ -212,7 +212,7 @@ struct ChangesQuery {
     prefix: Option<String>,
 }
 
-async fn changes(State(ws): State<Arc<Workspace>>, Query(q): Query<ChangesQuery>) -> Response {
+async fn changes(State(ws): State<Arc<SyncEngine>>, Query(q): Query<ChangesQuery>) -> Response {
     let prefix = q.prefix.unwrap_or_default().trim_matches('/').to_owned();
     let rx = ws.subscribe();
     let stream = BroadcastStream::new(rx).filter_map(move |ev| {
@@ -247,7 +247,7 @@ async fn changes(State(ws): State<Arc<Workspace>>, Query(q): Query<ChangesQuery>
         .unwrap_or_else(|_| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", "response"))
 }
 
-async fn metrics(State(ws): State<Arc<Workspace>>) -> Response {
+async fn metrics(State(ws): State<Arc<SyncEngine>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -260,7 +260,7 @@ async fn metrics(State(ws): State<Arc<Workspace>>) -> Response {
 
 /// Serve the API on `addr`: `host:port` or `unix:/path/to.sock`.
 pub async fn serve(
-    ws: Arc<Workspace>,
+    ws: Arc<SyncEngine>,
     restore: Option<Arc<Target>>,
     addr: &str,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {

@@ -4,16 +4,22 @@
 //! committed to an object store as a journal, so whatever was saved survives
 //! the pod. Where a save goes, layer by layer:
 //!
-//! - [`fuse`] / [`watch`]: the two fronts. FUSE sees every operation; watch
-//!   mode (no /dev/fuse) learns from inotify and a reconciliation scan.
-//! - [`workspace`]: dirty tracking, group commit, the durability contract
-//!   (flush and fsync wait for the store), checkpoints, store outages.
+//! - [`fuse`] / [`watch`]: the two fronts. FUSE sees every operation (its
+//!   inode table, file handles with passthrough, and counted error replies
+//!   are submodules); watch mode (no /dev/fuse) learns from inotify and a
+//!   reconciliation scan.
+//! - [`workspace`]: the sync engine ([`workspace::SyncEngine`]): dirty
+//!   tracking, group commit (`workspace/commit.rs`, step by step), the
+//!   durability contract (flush and fsync wait for the store;
+//!   `workspace/waiters.rs`), the reconciliation scan
+//!   (`workspace/scan.rs`), checkpoints, store outages.
 //! - [`snapshot`]: reads the cache into journal ops without torn reads.
 //! - [`journal`]: the chain of writer epochs, fencing, history, fork.
 //! - [`format`]: keys and the byte format (see docs/storage.md).
 //! - [`tree`]: the tree a journal describes (the sidecar's index).
 //! - [`hydrate`]: history → files in the cache, with progress.
 //! - [`store`]: the object store trait (directory, S3, fault injection).
+//! - [`restore`]: a path or the project back to an earlier commit.
 //! - [`api`]: the local control API (flush, status, change feed, metrics).
 //! - [`fsutil`]: symlink-safe path operations confined to the cache.
 

@@ -8,7 +8,7 @@ use cove_sync::hydrate::{self, CleanStop, Owner, Progress};
 use cove_sync::journal::Journal;
 use cove_sync::snapshot;
 use cove_sync::store::{self, DynStore};
-use cove_sync::workspace::{self, Workspace};
+use cove_sync::workspace::{self, SyncEngine};
 use cove_sync::{api, fuse, watch};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -433,7 +433,7 @@ async fn serve(
         .and_then(CleanStop::take)
         .filter(|s| s.project == project && s.dir == tree_dir)
         .map(|s| (s.head, s.stopped_ns));
-    let ws = Workspace::new(root, if fuse_mode { "fuse" } else { "watch" }, project, cfg);
+    let ws = SyncEngine::new(root, if fuse_mode { "fuse" } else { "watch" }, project, cfg);
     let target =
         cove_sync::restore::Target::new(journal.clone(), workspace_dir.to_path_buf(), owner);
     let api_task = api::serve(ws.clone(), Some(Arc::new(target)), api_addr)

@@ -1,7 +1,9 @@
 //! Prometheus metrics of one sidecar, served at `/metrics`.
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -21,6 +23,15 @@ pub struct Metrics {
     pub store_up: Gauge,
     pub hydration_seconds: Gauge<f64, AtomicU64>,
     pub read_errors: Counter,
+    pub fuse_errors: Family<FuseErrorLabels, Counter>,
+}
+
+/// Labels of `cove_sync_fuse_errors_total`: the FUSE operation and the
+/// errno's name (`ENOENT`, or the number if it has none).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FuseErrorLabels {
+    pub op: &'static str,
+    pub errno: String,
 }
 
 impl Default for Metrics {
@@ -45,6 +56,7 @@ impl Metrics {
             store_up: Gauge::default(),
             hydration_seconds: Gauge::default(),
             read_errors: Counter::default(),
+            fuse_errors: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -102,6 +114,11 @@ impl Metrics {
             "read_errors",
             "Paths that could not be read for a commit",
             m.read_errors.clone(),
+        );
+        registry.register(
+            "fuse_errors",
+            "Error replies to FUSE requests, by operation and errno",
+            m.fuse_errors.clone(),
         );
         Self { registry, ..m }
     }

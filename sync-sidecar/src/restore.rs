@@ -28,7 +28,7 @@ use crate::format::{CommitId, Op};
 use crate::fsutil::{self, split, Root};
 use crate::journal::{Journal, JournalError};
 use crate::tree::{is_within, valid, Tree};
-use crate::workspace::{FlushError, Workspace};
+use crate::workspace::{FlushError, SyncEngine};
 use nix::fcntl::OFlag;
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -130,7 +130,7 @@ fn journal_err(e: JournalError, at: CommitId) -> RestoreError {
 /// commit `at`; returns once the result is durable, or after `wait` (then
 /// not durable yet).
 pub async fn restore(
-    ws: &Arc<Workspace>,
+    ws: &Arc<SyncEngine>,
     target: &Target,
     at: CommitId,
     path: &str,

@@ -1,15 +1,16 @@
 //! Watch mode: where /dev/fuse is not available, the workspace is a plain
-//! directory and inotify (through `notify`) tells the workspace what changed.
+//! directory and inotify (through `notify`) tells the sync engine what
+//! changed.
 //!
 //! inotify can lose events (queue overflow) and cannot see changes made
-//! while it was not yet watching, so the workspace's reconciliation scan
+//! while it was not yet watching, so the engine's reconciliation scan
 //! backs it up: once right after the watcher starts, whenever notify reports
 //! an overflow (`Flag::Rescan`), and periodically. Watch mode cannot hold a
 //! `fsync(2)` until the store has the data — only FUSE sees fsync — so its
 //! durability points are the flush API and the commit window.
 
 use crate::fsutil::join;
-use crate::workspace::{ChangeKind, Workspace};
+use crate::workspace::{ChangeKind, SyncEngine};
 use notify::event::{
     AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RemoveKind, RenameMode,
 };
@@ -27,7 +28,7 @@ fn rel(root: &Path, p: &Path) -> Option<String> {
     crate::tree::valid(r).then(|| r.to_owned())
 }
 
-fn mark_tree(ws: &Workspace, path: &str) {
+fn mark_tree(ws: &SyncEngine, path: &str) {
     ws.mark_dirty(path);
     if let Ok(names) = ws.root().list(path) {
         for n in names {
@@ -36,7 +37,7 @@ fn mark_tree(ws: &Workspace, path: &str) {
     }
 }
 
-fn handle(ws: &Arc<Workspace>, root: &Path, rt: &tokio::runtime::Handle, ev: Event) {
+fn handle(ws: &Arc<SyncEngine>, root: &Path, rt: &tokio::runtime::Handle, ev: Event) {
     if ev.need_rescan() {
         let w = ws.clone();
         rt.spawn(async move { w.scan().await });
@@ -88,7 +89,7 @@ fn handle(ws: &Arc<Workspace>, root: &Path, rt: &tokio::runtime::Handle, ev: Eve
 
 /// Start watching the workspace's directory. Call after hydration; the
 /// initial scan (run by the caller) covers anything written before this.
-pub fn start(ws: Arc<Workspace>, rt: tokio::runtime::Handle) -> notify::Result<WatchFront> {
+pub fn start(ws: Arc<SyncEngine>, rt: tokio::runtime::Handle) -> notify::Result<WatchFront> {
     let root: PathBuf = ws.root().path().to_path_buf();
     let r2 = root.clone();
     let w2 = ws.clone();

@@ -10,13 +10,13 @@ use cove_sync::fsutil::Root;
 use cove_sync::journal::{Journal, Writer};
 use cove_sync::store::{DynStore, FaultStore};
 use cove_sync::tree::{Content, Tree};
-use cove_sync::workspace::{Config, FlushError, Workspace};
+use cove_sync::workspace::{Config, FlushError, SyncEngine};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 struct Ws {
-    ws: Arc<Workspace>,
+    ws: Arc<SyncEngine>,
     dir: tempfile::TempDir,
     _task: tokio::task::JoinHandle<()>,
 }
@@ -44,7 +44,7 @@ fn cfg() -> Config {
 
 async fn open(store: &DynStore, project: &str) -> Ws {
     let dir = tempfile::tempdir().unwrap();
-    let ws = Workspace::new(Root::open(dir.path()).unwrap(), "test", project, cfg());
+    let ws = SyncEngine::new(Root::open(dir.path()).unwrap(), "test", project, cfg());
     let j = Journal::new(store.clone(), keys::project_root(project));
     let task = ws.start(j, None, None, None).await.unwrap();
     Ws {

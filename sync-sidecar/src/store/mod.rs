@@ -14,7 +14,9 @@
 //! journal above it never needs partial reads, and anything richer would not
 //! be portable across stores. Conditional creation ([`ObjectStore::put_if_absent`])
 //! is best effort: some stores (Garage 2.5) ignore `If-None-Match`, so nothing
-//! in Cove relies on it for safety (see `journal::fence`).
+//! in Cove relies on it for safety: fencing is claims plus a LIST (see
+//! "Fencing without conditional writes" in [`crate::journal`]; the check is
+//! `Writer::check_fence`, run when a writer opens and after each publish).
 
 mod dir;
 mod fault;
