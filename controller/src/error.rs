@@ -1,5 +1,7 @@
-//! API errors: `{"error": {"code", "message", "details?"}}` (docs/api.md §2).
+//! API errors: `{"error": {"code", "message", "details?"}}` (docs/api.md §2),
+//! and the one mapping from the runtime's errors to them ([`Step`]).
 
+use crate::runtime::RuntimeError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
@@ -53,6 +55,64 @@ impl ApiError {
     pub fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "internal error");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    }
+}
+
+/// What the API asked of the runtime when it failed: a sidecar that does
+/// not answer is a store problem to a fork's flush (`503`, retry) but a
+/// failed step to a restore (`502`), as api.md §2 lists them.
+#[derive(Debug, Clone, Copy)]
+pub enum Step<'a> {
+    /// Start or stop.
+    Lifecycle,
+    /// The flush of a running workspace before a fork (api.md §5.2), which
+    /// may take `wait`.
+    Flush { wait: std::time::Duration },
+    /// The restore of a running workspace (api.md §5.5); its sidecar's
+    /// error codes become the API's.
+    Restore { commit: &'a str, path: &'a str },
+}
+
+impl ApiError {
+    /// The status, code and details a runtime error answers with.
+    pub fn runtime(step: Step<'_>, e: RuntimeError) -> Self {
+        let failed = |m: String| ApiError::new(StatusCode::BAD_GATEWAY, "workspace_failed", m);
+        match (step, e) {
+            (_, e @ RuntimeError::Busy { state }) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+                    .with(json!({ "state": state }))
+            }
+            (Step::Flush { .. }, RuntimeError::Sidecar { status, body, .. }) => {
+                let reason = &body["error"]["message"];
+                if status == 409 {
+                    failed(format!("the workspace's flush was refused: {reason}"))
+                        .with(json!({ "reason": reason }))
+                } else {
+                    ApiError::store(format!("the workspace's flush failed: {reason}"))
+                }
+            }
+            (Step::Flush { wait }, e) => {
+                ApiError::store(format!("the workspace did not flush within {wait:?}: {e}"))
+            }
+            (Step::Restore { commit, path }, RuntimeError::Sidecar { body, .. }) => {
+                let code = body["error"]["code"].as_str().unwrap_or("");
+                let msg = body["error"]["message"].as_str().unwrap_or("").to_string();
+                match code {
+                    "unknown_commit" => ApiError::new(StatusCode::NOT_FOUND, "unknown_commit", msg)
+                        .with(json!({ "commit": commit })),
+                    "path_not_found" => ApiError::new(StatusCode::NOT_FOUND, "path_not_found", msg)
+                        .with(json!({ "path": path })),
+                    "bad_path" => ApiError::new(StatusCode::BAD_REQUEST, "bad_path", msg)
+                        .with(json!({ "path": path })),
+                    "not_ready" => ApiError::new(StatusCode::CONFLICT, "conflict", msg)
+                        .with(json!({"state": "starting"})),
+                    "unavailable" => ApiError::store(msg),
+                    _ => failed(format!("the workspace could not restore: {msg}"))
+                        .with(json!({ "reason": msg })),
+                }
+            }
+            (_, e) => failed(e.to_string()),
+        }
     }
 }
 
