@@ -11,7 +11,8 @@
 //! - [`error`]: the API's error shape and the one mapping from
 //!   [`runtime::RuntimeError`] to statuses and codes.
 //! - [`runtime`]: where workspaces run, behind the [`runtime::Runtime`]
-//!   trait: [`runtime::local`] runs two processes per workspace.
+//!   trait: [`runtime::local`] runs two processes per workspace;
+//!   `runtime::fake` (feature `testing`) scripts a runtime for tests.
 //! - [`projects`]: templates and projects in the store.
 //! - [`history`]: a project's history, past versions and restores of a
 //!   stopped workspace, read from its journal.
