@@ -138,3 +138,132 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::State;
+
+    fn sidecar(path: &str, status: u16, code: &str) -> RuntimeError {
+        RuntimeError::Sidecar {
+            path: path.into(),
+            status,
+            body: json!({"error": {"code": code, "message": "m"}}),
+        }
+    }
+
+    /// Every step's answer for each kind of runtime failure (api.md §2).
+    #[test]
+    fn runtime_errors_map_per_step() {
+        let flush = Step::Flush {
+            wait: std::time::Duration::from_secs(30),
+        };
+        let restore = Step::Restore {
+            commit: "2.1",
+            path: "a.txt",
+        };
+        let unreachable = || RuntimeError::Unreachable {
+            path: "/x".into(),
+            reason: "refused".into(),
+        };
+        let busy = || RuntimeError::Busy {
+            state: State::Stopping,
+        };
+        let cases: Vec<(Step, RuntimeError, u16, &str, Option<Value>)> = vec![
+            (
+                Step::Lifecycle,
+                busy(),
+                409,
+                "conflict",
+                Some(json!({"state": "stopping"})),
+            ),
+            (
+                Step::Lifecycle,
+                RuntimeError::NoFreePort,
+                502,
+                "workspace_failed",
+                None,
+            ),
+            (
+                flush,
+                busy(),
+                409,
+                "conflict",
+                Some(json!({"state": "stopping"})),
+            ),
+            (
+                flush,
+                sidecar("/flush", 409, "fenced"),
+                502,
+                "workspace_failed",
+                Some(json!({"reason": "m"})),
+            ),
+            (
+                flush,
+                sidecar("/flush", 503, "unavailable"),
+                503,
+                "store_unavailable",
+                None,
+            ),
+            (flush, unreachable(), 503, "store_unavailable", None),
+            (
+                flush,
+                RuntimeError::NotRunning {
+                    state: State::Starting,
+                },
+                503,
+                "store_unavailable",
+                None,
+            ),
+            (
+                restore,
+                sidecar("/restore", 404, "unknown_commit"),
+                404,
+                "unknown_commit",
+                Some(json!({"commit": "2.1"})),
+            ),
+            (
+                restore,
+                sidecar("/restore", 404, "path_not_found"),
+                404,
+                "path_not_found",
+                Some(json!({"path": "a.txt"})),
+            ),
+            (
+                restore,
+                sidecar("/restore", 400, "bad_path"),
+                400,
+                "bad_path",
+                Some(json!({"path": "a.txt"})),
+            ),
+            (
+                restore,
+                sidecar("/restore", 409, "not_ready"),
+                409,
+                "conflict",
+                Some(json!({"state": "starting"})),
+            ),
+            (
+                restore,
+                sidecar("/restore", 503, "unavailable"),
+                503,
+                "store_unavailable",
+                None,
+            ),
+            (
+                restore,
+                sidecar("/restore", 500, "io"),
+                502,
+                "workspace_failed",
+                Some(json!({"reason": "m"})),
+            ),
+            (restore, unreachable(), 502, "workspace_failed", None),
+        ];
+        for (step, e, status, code, details) in cases {
+            let what = format!("{step:?} {e:?}");
+            let a = ApiError::runtime(step, e);
+            assert_eq!((a.status.as_u16(), a.code), (status, code), "{what}");
+            assert_eq!(a.details, details, "{what}");
+        }
+    }
+}

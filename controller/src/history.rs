@@ -57,10 +57,9 @@ pub struct HistoryPage {
     pub next_before: Option<u64>,
 }
 
-/// What a restore did (RestoreResult). Also what a running workspace's
-/// sidecar answers, so it reads it back.
+/// What a restore did (RestoreResult). A running workspace's sidecar
+/// answers the same (sync-api.md); read leniently, answered exactly.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RestoreResult {
     pub files_changed: u64,
     /// Whether the restore is in the store; `commit` is `None` when not.

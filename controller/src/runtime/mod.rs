@@ -1,9 +1,9 @@
 //! Where workspaces run. The API and the gateway only see [`Runtime`]; the
 //! local runtime ([`local`]) runs each workspace as two child processes
 //! (cove-sync and cove-pty), and a Kubernetes runtime will create pods
-//! behind the same trait (a `kube` module beside `local`). [`fake`], built
-//! for tests only, scripts a runtime's answers so the API's scenarios run
-//! without processes.
+//! behind the same trait (a `kube` module beside `local`). `fake`, built
+//! for tests only (feature `testing`), scripts a runtime's answers so the
+//! API's scenarios run without processes.
 
 use serde::Serialize;
 use std::time::Duration;
