@@ -258,16 +258,16 @@ fn typed<T: DeserializeOwned>(v: Value) -> ApiResult<T> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let at = e.path().to_string();
         let inner = e.into_inner().to_string();
-        // serde's own wording: "unknown field `k`, expected …" and
-        // "missing field `k`".
-        let named = |prefix: &str| {
+        // serde's own wording: "unknown field `k`, expected …" (or ", there
+        // are no fields"), and "missing field `k`" with one of ours.
+        let named = |prefix: &str, end: &str| {
             let rest = inner.strip_prefix(prefix)?;
-            rest.split_once('`').map(|(k, _)| k.to_string())
+            rest.split_once(end).map(|(k, _)| k.to_string())
         };
-        if let Some(k) = named("unknown field `") {
+        if let Some(k) = named("unknown field `", "`, ") {
             ApiError::bad_request(&k, format!("unknown field `{k}`"))
         } else {
-            let k = named("missing field `").unwrap_or(at);
+            let k = named("missing field `", "`").unwrap_or(at);
             ApiError::bad_request(&k, format!("`{k}` must be a string"))
         }
     })

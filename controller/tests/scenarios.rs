@@ -552,6 +552,13 @@ async fn unknown_and_wrong_fields_are_refused() {
         ),
         (
             "POST",
+            format!("/api/projects/{id}/fork"),
+            r#"{"a`b, c": 1}"#,
+            "a`b, c",
+            "unknown field `a`b, c`",
+        ),
+        (
+            "POST",
             format!("/api/projects/{id}/history/{at}/restore"),
             r#"{"path": "", "force": true}"#,
             "force",
