@@ -1,14 +1,20 @@
-//! The HTTP API (docs/api.md) and the gateway (§6) on one listener.
+//! The HTTP API (docs/api.md): the [`Controller`] every handler shares, its
+//! per-project turns, the request bodies (strict: unknown fields are a
+//! `400`) and answers as types, the routes, and the idle loop. Requests
+//! reach it through [`crate::gateway`], which owns the listener.
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Step};
+use crate::gateway::{host_name, request_host};
+use crate::history::{FileVersion, HistoryPage, RestoreResult};
 use crate::projects::{Project, Projects, Template};
-use crate::runtime::{Runtime, StartSpec, State, Status};
+use crate::runtime::{Runtime, RuntimeError, StartSpec, State, Status};
 use axum::body::Body;
 use axum::extract::{Path, Request, State as AxState};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +27,9 @@ pub struct Controller {
     /// `localhost:7070`: the UI and API host, and the base of workspace hosts.
     pub host: String,
     pub domain: String,
-    pub upstream: cove_pty::preview::Upstream,
+    /// Forwards workspace hosts to the workspace's listeners with the
+    /// preview's rules, so both hops behave the same.
+    pub proxy: cove_pty::proxy::Proxy,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Stop a workspace after this long without activity (`None`: never).
     pub idle_timeout: Option<Duration>,
@@ -49,7 +57,7 @@ impl Controller {
         self.runtime
             .stop(id, reason)
             .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "workspace_failed", e.to_string()))
+            .map_err(|e| ApiError::runtime(Step::Lifecycle, e))
     }
 
     fn port_suffix(&self) -> String {
@@ -59,41 +67,43 @@ impl Controller {
             .unwrap_or_default()
     }
 
-    fn workspace_json(&self, id: &str, s: &Status, with_token: bool) -> Value {
+    fn workspace_json(&self, id: &str, s: &Status, with_token: bool) -> WorkspaceJson {
         let sfx = self.port_suffix();
         let d = &self.domain;
-        let (token, exp) = if with_token {
+        let (token, token_expires_ms) = if with_token {
             let now = cove_sync::journal::now_ms() / 1000;
             let t = cove_pty::token::sign(self.token_secret.as_bytes(), id, now, 300, None);
             (Some(t), Some((now + 300) * 1000))
         } else {
             (None, None)
         };
-        json!({
-            "project": id,
-            "state": s.state,
-            "reason": s.reason,
-            "mode": s.mode,
-            "hydration": s.hydration,
-            "app_port": s.app_port,
-            "started_ms": s.started_ms,
-            "urls": {
-                "ide_socket": format!("ws://{id}.ide.{d}{sfx}/ws"),
-                "preview": format!("http://{id}.app.{d}{sfx}/"),
-                "preview_port": format!("http://{{port}}--{id}.app.{d}{sfx}/"),
+        WorkspaceJson {
+            project: id.to_string(),
+            state: s.state,
+            reason: s.reason.clone(),
+            mode: s.mode.clone(),
+            hydration: s.hydration.clone(),
+            app_port: s.app_port,
+            started_ms: s.started_ms,
+            urls: Urls {
+                ide_socket: format!("ws://{id}.ide.{d}{sfx}/ws"),
+                preview: format!("http://{id}.app.{d}{sfx}/"),
+                preview_port: format!("http://{{port}}--{id}.app.{d}{sfx}/"),
             },
-            "token": token,
-            "token_expires_ms": exp,
-        })
+            token,
+            token_expires_ms,
+        }
     }
 
-    fn project_json(&self, p: &Project) -> Value {
-        let mut v = serde_json::to_value(p).unwrap_or_default();
-        v["workspace_state"] = json!(self.runtime.status(&p.id).state);
-        v
+    fn project_json(&self, p: &Project) -> ProjectJson {
+        ProjectJson {
+            project: p.clone(),
+            workspace_state: self.runtime.status(&p.id).state,
+        }
     }
 
-    async fn start(&self, id: &str) -> ApiResult<Status> {
+    /// Starts `id`'s workspace, in its turn, with a new fencing epoch.
+    pub async fn start(&self, id: &str) -> ApiResult<Status> {
         self.projects.get(id).await?;
         let _turn = self.turn(id).await;
         let st = self.runtime.status(id);
@@ -101,12 +111,8 @@ impl Controller {
             return Ok(st);
         }
         if st.state == State::Stopping {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                "the workspace is stopping",
-            )
-            .with(json!({"state": st.state})));
+            let busy = RuntimeError::Busy { state: st.state };
+            return Err(ApiError::runtime(Step::Lifecycle, busy));
         }
         // A new epoch above every earlier claim fences any older writer.
         let epoch = self
@@ -123,8 +129,80 @@ impl Controller {
                 epoch: Some(epoch),
             })
             .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "workspace_failed", e.to_string()))
+            .map_err(|e| ApiError::runtime(Step::Lifecycle, e))
     }
+}
+
+/// A workspace's status as the API answers it (api.md §5.1).
+#[derive(Debug, Serialize)]
+pub struct WorkspaceJson {
+    pub project: String,
+    pub state: State,
+    pub reason: Option<String>,
+    pub mode: Option<String>,
+    pub hydration: Option<Value>,
+    pub app_port: Option<u16>,
+    pub started_ms: Option<u64>,
+    pub urls: Urls,
+    /// Only in the answers of start and token.
+    pub token: Option<String>,
+    pub token_expires_ms: Option<u64>,
+}
+
+/// Where the browser reaches a workspace, through the gateway.
+#[derive(Debug, Serialize)]
+pub struct Urls {
+    pub ide_socket: String,
+    pub preview: String,
+    /// With `{port}` for the client to fill in.
+    pub preview_port: String,
+}
+
+/// A project with its workspace's state (api.md §4.1).
+#[derive(Debug, Serialize)]
+pub struct ProjectJson {
+    #[serde(flatten)]
+    pub project: Project,
+    pub workspace_state: State,
+}
+
+#[derive(Debug, Serialize)]
+struct ProjectList {
+    projects: Vec<ProjectJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct TemplateList<'a> {
+    templates: &'a [Template],
+}
+
+/// `POST /api/projects`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    template: String,
+}
+
+/// `PATCH /api/projects/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenameBody {
+    name: String,
+}
+
+/// `POST /api/projects/{id}/fork`; no body is no name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForkBody {
+    name: Option<String>,
+}
+
+/// `POST …/history/{commit}/restore`; `{}` restores everything.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreBody {
+    path: Option<String>,
 }
 
 async fn parse_body(req: Request) -> ApiResult<Value> {
@@ -171,37 +249,47 @@ async fn parse_body(req: Request) -> ApiResult<Value> {
     Ok(v)
 }
 
-fn only_fields(v: &Value, allowed: &[&str]) -> ApiResult<()> {
-    if let Value::Object(m) = v {
-        if let Some(k) = m.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(ApiError::bad_request(k, format!("unknown field `{k}`")));
+/// A request body as `T`, with the API's `bad_request` for an unknown,
+/// missing or wrong-typed field (`details.field` names it). Every field of
+/// the API's bodies is a string, which the messages say. No body at all
+/// reads as `{}`.
+fn typed<T: DeserializeOwned>(v: Value) -> ApiResult<T> {
+    let v = if v.is_null() { json!({}) } else { v };
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let at = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // serde's own wording: "unknown field `k`, expected …" (or ", there
+        // are no fields"), and "missing field `k`" with one of ours.
+        let named = |prefix: &str, end: &str| {
+            let rest = inner.strip_prefix(prefix)?;
+            rest.split_once(end).map(|(k, _)| k.to_string())
+        };
+        if let Some(k) = named("unknown field `", "`, ") {
+            ApiError::bad_request(&k, format!("unknown field `{k}`"))
+        } else {
+            let k = named("missing field `", "`").unwrap_or(at);
+            ApiError::bad_request(&k, format!("`{k}` must be a string"))
         }
-    }
-    Ok(())
+    })
 }
 
-fn string_field<'a>(v: &'a Value, f: &str) -> ApiResult<&'a str> {
-    v.get(f)
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::bad_request(f, format!("`{f}` must be a string")))
+async fn list_templates(AxState(c): AxState<Shared>) -> Response {
+    Json(TemplateList {
+        templates: &c.templates,
+    })
+    .into_response()
 }
 
-async fn list_templates(AxState(c): AxState<Shared>) -> Json<Value> {
-    Json(json!({ "templates": c.templates }))
-}
-
-async fn list_projects(AxState(c): AxState<Shared>) -> ApiResult<Json<Value>> {
+async fn list_projects(AxState(c): AxState<Shared>) -> ApiResult<Json<ProjectList>> {
     let ps = c.projects.list().await?;
-    Ok(Json(
-        json!({"projects": ps.iter().map(|p| c.project_json(p)).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(ProjectList {
+        projects: ps.iter().map(|p| c.project_json(p)).collect(),
+    }))
 }
 
 async fn create_project(AxState(c): AxState<Shared>, req: Request) -> ApiResult<Response> {
-    let v = parse_body(req).await?;
-    only_fields(&v, &["name", "template"])?;
-    let name = string_field(&v, "name")?;
-    let tname = string_field(&v, "template")?;
+    let body: CreateBody = typed(parse_body(req).await?)?;
+    let (name, tname) = (body.name.as_str(), body.template.as_str());
     let t = c
         .templates
         .iter()
@@ -225,7 +313,7 @@ async fn create_project(AxState(c): AxState<Shared>, req: Request) -> ApiResult<
 async fn get_project(
     AxState(c): AxState<Shared>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ProjectJson>> {
     let p = c.projects.get(&id).await?;
     Ok(Json(c.project_json(&p)))
 }
@@ -234,11 +322,10 @@ async fn patch_project(
     AxState(c): AxState<Shared>,
     Path(id): Path<String>,
     req: Request,
-) -> ApiResult<Json<Value>> {
-    let v = parse_body(req).await?;
-    only_fields(&v, &["name"])?;
+) -> ApiResult<Json<ProjectJson>> {
+    let body: RenameBody = typed(parse_body(req).await?)?;
     let _turn = c.turn(&id).await;
-    let p = c.projects.rename(&id, string_field(&v, "name")?).await?;
+    let p = c.projects.rename(&id, &body.name).await?;
     Ok(Json(c.project_json(&p)))
 }
 
@@ -259,13 +346,8 @@ async fn fork_project(
     Path(id): Path<String>,
     req: Request,
 ) -> ApiResult<Response> {
-    let v = parse_body(req).await?;
-    only_fields(&v, &["name"])?;
-    let name = match v.get("name") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.as_str()),
-        _ => return Err(ApiError::bad_request("name", "`name` must be a string")),
-    };
+    let body: ForkBody = typed(parse_body(req).await?)?;
+    let name = body.name.as_deref();
     let src = c.projects.get(&id).await?;
     // In the source's turn: a stop that came first has finished (its final
     // flush included), and no start or restore runs meanwhile.
@@ -281,7 +363,7 @@ async fn fork_project(
 async fn workspace_status(
     AxState(c): AxState<Shared>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WorkspaceJson>> {
     c.projects.get(&id).await?;
     Ok(Json(c.workspace_json(&id, &c.runtime.status(&id), false)))
 }
@@ -289,7 +371,7 @@ async fn workspace_status(
 async fn workspace_start(
     AxState(c): AxState<Shared>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WorkspaceJson>> {
     let st = c.start(&id).await?;
     Ok(Json(c.workspace_json(&id, &st, true)))
 }
@@ -299,37 +381,17 @@ const FLUSH_WAIT: Duration = Duration::from_secs(30);
 
 /// Flushes a running workspace: everything in the store, or an error.
 async fn flush_running(c: &Controller, id: &str) -> ApiResult<()> {
-    let (status, v) = c
-        .runtime
+    c.runtime
         .sidecar_post(id, "/flush", json!({}), FLUSH_WAIT)
         .await
-        .map_err(|e| {
-            ApiError::store(format!(
-                "the workspace did not flush within {FLUSH_WAIT:?}: {e}"
-            ))
-        })?;
-    match status {
-        200 => Ok(()),
-        409 => Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "workspace_failed",
-            format!(
-                "the workspace's flush was refused: {}",
-                v["error"]["message"]
-            ),
-        )
-        .with(json!({"reason": v["error"]["message"]}))),
-        _ => Err(ApiError::store(format!(
-            "the workspace's flush failed: {}",
-            v["error"]["message"]
-        ))),
-    }
+        .map(drop)
+        .map_err(|e| ApiError::runtime(Step::Flush { wait: FLUSH_WAIT }, e))
 }
 
 async fn workspace_stop(
     AxState(c): AxState<Shared>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WorkspaceJson>> {
     c.projects.get(&id).await?;
     let st = c.stop(&id, None).await?;
     Ok(Json(c.workspace_json(&id, &st, false)))
@@ -338,7 +400,7 @@ async fn workspace_stop(
 async fn workspace_token(
     AxState(c): AxState<Shared>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WorkspaceJson>> {
     c.projects.get(&id).await?;
     let st = c.runtime.status(&id);
     if !matches!(st.state, State::Starting | State::Ready) {
@@ -356,7 +418,7 @@ async fn history(
     AxState(c): AxState<Shared>,
     Path(id): Path<String>,
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<HistoryPage>> {
     let p = c.projects.get(&id).await?;
     if let Some(k) = q
         .keys()
@@ -410,7 +472,7 @@ async fn past_version(
     AxState(c): AxState<Shared>,
     Path((id, commit)): Path<(String, String)>,
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<FileVersion>> {
     c.projects.get(&id).await?;
     let at = commit_param(&commit)?;
     if let Some(k) = q.keys().find(|k| k.as_str() != "path") {
@@ -431,7 +493,7 @@ async fn restore(
     AxState(c): AxState<Shared>,
     Path((id, commit)): Path<(String, String)>,
     req: Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<RestoreResult>> {
     let v = parse_body(req).await?;
     if v.is_null() {
         return Err(ApiError::bad_request(
@@ -439,12 +501,8 @@ async fn restore(
             "a body is required: {} restores everything",
         ));
     }
-    only_fields(&v, &["path"])?;
-    let path = match v.get("path") {
-        None | Some(Value::Null) => "",
-        Some(Value::String(s)) => s.as_str(),
-        _ => return Err(ApiError::bad_request("path", "`path` must be a string")),
-    };
+    let body: RestoreBody = typed(v)?;
+    let path = body.path.as_deref().unwrap_or("");
     c.projects.get(&id).await?;
     let at = commit_param(&commit)?;
     crate::history::check_path(path, true)?;
@@ -461,7 +519,7 @@ async fn restore(
             "conflict",
             format!(
                 "the workspace is {}: restore once it is ready or stopped",
-                json!(st).as_str().unwrap_or("busy")
+                st.as_str()
             ),
         )
         .with(json!({ "state": st }))),
@@ -477,41 +535,33 @@ async fn restore_running(
     id: &str,
     at: cove_sync::format::CommitId,
     path: &str,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<RestoreResult>> {
     let body = json!({
         "commit": at.to_string(),
         "path": path,
         "wait_ms": RESTORE_FLUSH_WAIT.as_millis() as u64,
     });
     // The first flush and the writes come before the bounded final flush.
-    let (status, v) = c
+    let commit = at.to_string();
+    let answer = |e| {
+        ApiError::runtime(
+            Step::Restore {
+                commit: &commit,
+                path,
+            },
+            e,
+        )
+    };
+    let v = c
         .runtime
         .sidecar_post(id, "/restore", body, RESTORE_FLUSH_WAIT * 2)
         .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "workspace_failed", e.to_string()))?;
-    if status == 200 {
-        return Ok(Json(v));
-    }
-    let code = v["error"]["code"].as_str().unwrap_or("");
-    let msg = v["error"]["message"].as_str().unwrap_or("").to_string();
-    Err(match code {
-        "unknown_commit" => ApiError::new(StatusCode::NOT_FOUND, "unknown_commit", msg)
-            .with(json!({"commit": at.to_string()})),
-        "path_not_found" => ApiError::new(StatusCode::NOT_FOUND, "path_not_found", msg)
-            .with(json!({ "path": path })),
-        "bad_path" => {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_path", msg).with(json!({ "path": path }))
-        }
-        "not_ready" => {
-            ApiError::new(StatusCode::CONFLICT, "conflict", msg).with(json!({"state": "starting"}))
-        }
-        "unavailable" => ApiError::store(msg),
-        _ => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "workspace_failed",
-            format!("the workspace could not restore: {msg}"),
-        )
-        .with(json!({ "reason": msg })),
+        .map_err(answer)?;
+    serde_json::from_value(v).map(Json).map_err(|e| {
+        answer(RuntimeError::BadAnswer {
+            path: "/restore".into(),
+            reason: e.to_string(),
+        })
     })
 }
 
@@ -696,135 +746,4 @@ pub async fn idle_loop(c: Shared) {
             }
         }
     }
-}
-
-/// Which workspace host a request is for (§6).
-enum Route {
-    Api,
-    Ide(String),
-    App(String),
-    /// A name that is none of ours: someone pointed it at this address
-    /// (DNS rebinding), so it reaches nothing.
-    Unknown,
-}
-
-/// A host without its port: `[::1]:7070` and `[::1]` keep their brackets,
-/// `name:7070` loses the port.
-fn host_name(host: &str) -> &str {
-    match host.rsplit_once(':') {
-        Some((h, p)) if !p.ends_with(']') => h,
-        _ => host,
-    }
-}
-
-/// The request's host name, lowercased and without a port: `Host`, or the
-/// URI's authority (HTTP/2).
-fn request_host(req: &Request) -> String {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    host_name(&host).to_string()
-}
-
-fn route(c: &Controller, req: &Request) -> Route {
-    let host = request_host(req);
-    let name = host.as_str();
-    if let Some(label) = name.strip_suffix(&format!(".ide.{}", c.domain)) {
-        return Route::Ide(label.to_string());
-    }
-    if let Some(label) = name.strip_suffix(&format!(".app.{}", c.domain)) {
-        // `<port>--<id>`: the id is after the first `--` of a digits prefix.
-        let id = match label.split_once("--") {
-            Some((p, id)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => id,
-            _ => label,
-        };
-        return Route::App(id.to_string());
-    }
-    if name == host_name(&c.host) || name == c.domain || name == "127.0.0.1" || name == "[::1]" {
-        return Route::Api;
-    }
-    Route::Unknown
-}
-
-/// The whole listener: API for the controller's host, the gateway for
-/// workspace hosts.
-pub async fn gateway(AxState((c, api)): AxState<(Shared, Router)>, req: Request) -> Response {
-    use tower::ServiceExt;
-    match route(&c, &req) {
-        Route::Api => api.oneshot(req).await.unwrap_or_else(|e| match e {}),
-        Route::Unknown => (
-            StatusCode::NOT_FOUND,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            "unknown host\n",
-        )
-            .into_response(),
-        Route::Ide(id) => match ensure_started(&c, &id, Duration::from_secs(120)).await {
-            Ok(st) => match st.ide_port {
-                Some(port) => c.upstream.forward(req, port).await,
-                None => ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "starting",
-                    "the workspace is starting",
-                )
-                .into_response(),
-            },
-            Err(e) => e.into_response(),
-        },
-        Route::App(id) => match ensure_started(&c, &id, Duration::ZERO).await {
-            Ok(st) if st.state == State::Ready && st.preview_port.is_some() => {
-                c.upstream
-                    .forward(req, st.preview_port.unwrap_or_default())
-                    .await
-            }
-            Ok(st) => starting_page(&id, &st),
-            Err(e) => e.into_response(),
-        },
-    }
-}
-
-/// Starts a stopped workspace; waits up to `wait` for it to be ready.
-async fn ensure_started(c: &Controller, id: &str, wait: Duration) -> ApiResult<Status> {
-    let mut st = c.runtime.status(id);
-    if st.state == State::Failed {
-        return Ok(st);
-    }
-    if st.state != State::Ready {
-        st = c.start(id).await?;
-    }
-    let deadline = tokio::time::Instant::now() + wait;
-    while st.state == State::Starting && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        st = c.runtime.status(id);
-    }
-    Ok(st)
-}
-
-fn starting_page(id: &str, st: &Status) -> Response {
-    let what = match (st.state, &st.reason) {
-        (State::Failed, Some(r)) => format!("The workspace failed: {r}"),
-        _ => "Starting the workspace…".to_string(),
-    };
-    let html = format!(
-        "<!doctype html><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"1\">\
-         <title>{id}</title><body style=\"font-family:system-ui;margin:3rem\"><h1>{what}</h1>\
-         <p>This page reloads by itself.</p></body>"
-    );
-    let mut r = (
-        StatusCode::SERVICE_UNAVAILABLE,
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        Body::from(html),
-    )
-        .into_response();
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    r.headers_mut().insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
-    r
 }

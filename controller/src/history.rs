@@ -14,7 +14,58 @@ use base64::Engine as _;
 use cove_sync::format::{CommitId, FormatError, Op};
 use cove_sync::journal::{Journal, JournalError, Writer};
 use cove_sync::tree::{is_within, Content, Node, Tree};
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// A past version of a file or symlink (api.md §4.5, FileVersion).
+#[derive(Debug, Serialize)]
+pub struct FileVersion {
+    pub path: String,
+    pub commit: CommitId,
+    /// `file` or `symlink`.
+    pub kind: &'static str,
+    pub mode: u32,
+    pub size: u64,
+    pub mtime_ms: i64,
+    /// `utf8` or `base64` for a file, `None` for a symlink.
+    pub encoding: Option<&'static str>,
+    pub content: Option<String>,
+    pub version: Option<String>,
+    /// A symlink's target.
+    pub target: Option<String>,
+}
+
+/// One commit of a history page.
+#[derive(Debug, Serialize)]
+pub struct CommitEntry {
+    pub epoch: u64,
+    pub seq: u64,
+    pub time_ms: u64,
+    pub files_changed: usize,
+    /// The first 100, sorted.
+    pub paths: Vec<String>,
+    pub paths_truncated: bool,
+    /// The project's first state (its template or fork source).
+    pub initial: bool,
+}
+
+/// A page of history, newest first.
+#[derive(Debug, Serialize)]
+pub struct HistoryPage {
+    pub commits: Vec<CommitEntry>,
+    /// `before` of the next page; `None` after the last.
+    pub next_before: Option<u64>,
+}
+
+/// What a restore did (RestoreResult). A running workspace's sidecar
+/// answers the same (sync-api.md); read leniently, answered exactly.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RestoreResult {
+    pub files_changed: u64,
+    /// Whether the restore is in the store; `commit` is `None` when not.
+    pub durable: bool,
+    pub commit: Option<CommitId>,
+}
 
 /// Past versions larger than this are refused (`too_large`).
 pub const MAX_VERSION_BYTES: u64 = 10 << 20;
@@ -89,7 +140,7 @@ async fn bytes_of(j: &Journal, node: &Node) -> ApiResult<Vec<u8>> {
 }
 
 /// FileVersion (§4.5) of `path` at `at`.
-pub async fn file_version(j: &Journal, at: CommitId, path: &str) -> ApiResult<Value> {
+pub async fn file_version(j: &Journal, at: CommitId, path: &str) -> ApiResult<FileVersion> {
     check_path(path, false)?;
     let (tree, _) = tree_at(j, Some(at)).await?;
     let node = tree.get(path).ok_or_else(|| {
@@ -100,9 +151,18 @@ pub async fn file_version(j: &Journal, at: CommitId, path: &str) -> ApiResult<Va
         )
         .with(json!({ "path": path }))
     })?;
-    let base = json!({"path": path, "commit": at, "mode": node.mode, "size": node.size,
-        "mtime_ms": node.mtime / 1_000_000});
-    let mut v = base;
+    let mut v = FileVersion {
+        path: path.to_string(),
+        commit: at,
+        kind: "file",
+        mode: node.mode,
+        size: node.size,
+        mtime_ms: node.mtime / 1_000_000,
+        encoding: None,
+        content: None,
+        version: None,
+        target: None,
+    };
     match &node.content {
         Content::Dir => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -111,13 +171,10 @@ pub async fn file_version(j: &Journal, at: CommitId, path: &str) -> ApiResult<Va
         )
         .with(json!({"path": path, "kind": "dir"}))),
         Content::Symlink(t) => {
-            v["kind"] = json!("symlink");
-            v["mode"] = json!(0o777);
-            v["size"] = json!(t.len());
-            v["encoding"] = Value::Null;
-            v["content"] = Value::Null;
-            v["version"] = Value::Null;
-            v["target"] = json!(t);
+            v.kind = "symlink";
+            v.mode = 0o777;
+            v.size = t.len() as u64;
+            v.target = Some(t.clone());
             Ok(v)
         }
         _ if node.size > MAX_VERSION_BYTES => Err(ApiError::new(
@@ -131,24 +188,15 @@ pub async fn file_version(j: &Journal, at: CommitId, path: &str) -> ApiResult<Va
         .with(json!({"path": path, "size": node.size, "limit": MAX_VERSION_BYTES}))),
         _ => {
             let bytes = bytes_of(j, node).await?;
-            v["kind"] = json!("file");
-            v["version"] = json!(cove_pty::files::version_of(&bytes));
-            v["target"] = Value::Null;
-            match String::from_utf8(bytes) {
-                Ok(s) if !s.contains('\0') => {
-                    v["encoding"] = json!("utf8");
-                    v["content"] = json!(s);
-                }
-                Ok(s) => {
-                    v["encoding"] = json!("base64");
-                    v["content"] = json!(base64::engine::general_purpose::STANDARD.encode(s));
-                }
-                Err(e) => {
-                    v["encoding"] = json!("base64");
-                    v["content"] =
-                        json!(base64::engine::general_purpose::STANDARD.encode(e.as_bytes()));
-                }
-            }
+            v.version = Some(cove_pty::files::version_of(&bytes));
+            let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+            let (encoding, content) = match String::from_utf8(bytes) {
+                Ok(s) if !s.contains('\0') => ("utf8", s),
+                Ok(s) => ("base64", b64(s.as_bytes())),
+                Err(e) => ("base64", b64(e.as_bytes())),
+            };
+            v.encoding = Some(encoding);
+            v.content = Some(content);
             Ok(v)
         }
     }
@@ -162,7 +210,7 @@ pub async fn list(
     limit: usize,
     before: Option<u64>,
     filter: Option<&str>,
-) -> ApiResult<Value> {
+) -> ApiResult<HistoryPage> {
     const SCAN: usize = 1000;
     let chain = j.chain().await.map_err(journal_store_err)?;
     let ids: Vec<CommitId> = chain
@@ -193,10 +241,15 @@ pub async fn list(
         }
         let n = paths.len();
         paths.truncate(100);
-        out.push(
-            json!({"epoch": c.epoch, "seq": c.seq, "time_ms": seg.header.time_ms,
-            "files_changed": n, "paths": paths, "paths_truncated": n > 100, "initial": false}),
-        );
+        out.push(CommitEntry {
+            epoch: c.epoch,
+            seq: c.seq,
+            time_ms: seg.header.time_ms,
+            files_changed: n,
+            paths,
+            paths_truncated: n > 100,
+            initial: false,
+        });
     }
     if next_before.is_none() && out.len() < limit {
         let initial_has = match filter {
@@ -207,21 +260,29 @@ pub async fn list(
             }
         };
         if initial_has {
-            out.push(
-                json!({"epoch": 1, "seq": 0, "time_ms": created_ms, "files_changed": 0,
-                "paths": [], "paths_truncated": false, "initial": true}),
-            );
+            out.push(CommitEntry {
+                epoch: 1,
+                seq: 0,
+                time_ms: created_ms,
+                files_changed: 0,
+                paths: Vec::new(),
+                paths_truncated: false,
+                initial: true,
+            });
         }
     } else if next_before.is_none() && out.len() == limit {
         // Full page exactly at the end of the commits: the initial state
         // is on the next page.
         next_before = Some(1);
     }
-    Ok(json!({"commits": out, "next_before": next_before}))
+    Ok(HistoryPage {
+        commits: out,
+        next_before,
+    })
 }
 
 /// Restores `path` (`""`: everything) of a stopped project to `at`.
-pub async fn restore_stopped(j: &Journal, at: CommitId, path: &str) -> ApiResult<Value> {
+pub async fn restore_stopped(j: &Journal, at: CommitId, path: &str) -> ApiResult<RestoreResult> {
     check_path(path, true)?;
     let (old, _) = tree_at(j, Some(at)).await?;
     if !path.is_empty() && old.get(path).is_none() {
@@ -236,12 +297,20 @@ pub async fn restore_stopped(j: &Journal, at: CommitId, path: &str) -> ApiResult
     let ops = cove_sync::restore::restore_ops(&cur, &old, path).map_err(ApiError::internal)?;
     let changed = ops.len();
     if changed == 0 {
-        return Ok(json!({"files_changed": 0, "durable": true, "commit": head}));
+        return Ok(RestoreResult {
+            files_changed: 0,
+            durable: true,
+            commit: Some(head),
+        });
     }
     let epoch = j.max_claim().await.map_err(journal_store_err)? + 1;
     let (mut w, _) = Writer::open(j.clone(), Some(epoch))
         .await
         .map_err(journal_store_err)?;
     let commit = w.append(ops).await.map_err(journal_store_err)?;
-    Ok(json!({"files_changed": changed, "durable": true, "commit": commit}))
+    Ok(RestoreResult {
+        files_changed: changed as u64,
+        durable: true,
+        commit: Some(commit),
+    })
 }

@@ -5,6 +5,7 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use cove_controller::api::{self, Controller};
+use cove_controller::gateway;
 use cove_controller::projects::{self, Projects};
 use cove_controller::runtime::{LocalConfig, LocalRuntime, Runtime};
 use std::path::PathBuf;
@@ -136,7 +137,7 @@ async fn main() -> Result<()> {
         token_secret,
         host: host.clone(),
         domain: a.domain.clone(),
-        upstream: cove_pty::preview::Upstream::new("http"),
+        proxy: cove_pty::proxy::Proxy::new("http"),
         metrics,
         idle_timeout: (a.idle_timeout_secs > 0)
             .then(|| std::time::Duration::from_secs(a.idle_timeout_secs)),
@@ -145,10 +146,7 @@ async fn main() -> Result<()> {
     });
     c.ui.warn_if_missing().await;
     tokio::spawn(api::idle_loop(c.clone()));
-    let api_router = api::api_router(c.clone());
-    let app = axum::Router::new()
-        .fallback(api::gateway)
-        .with_state((c.clone(), api_router));
+    let app = gateway::app(c.clone());
     let listener = tokio::net::TcpListener::bind((a.bind.as_str(), a.port))
         .await
         .with_context(|| format!("binding {}:{}", a.bind, a.port))?;

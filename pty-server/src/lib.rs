@@ -20,7 +20,8 @@
 //! | [`files`] | confined file operations |
 //! | [`changes`] | the change feed's fan-out and coalescing |
 //! | [`sidecar`] | client of cove-sync's control API |
-//! | [`preview`] | the app preview proxy |
+//! | [`preview`] | the app preview: where a host goes, status pages |
+//! | [`proxy`] | the reverse proxy both hops use: headers, bodies, upgrades |
 
 pub mod activity;
 pub mod changes;
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod preview;
 pub mod protocol;
+pub mod proxy;
 pub mod reaper;
 pub mod screen;
 pub mod server;

@@ -1,103 +1,16 @@
-//! Where workspaces run. The API and the gateway only see [`Runtime`]; the
-//! local runtime runs each workspace as two child processes (cove-sync and
-//! cove-pty), and a Kubernetes runtime will create pods behind the same
-//! trait.
+//! The local runtime: each workspace is two child processes, cove-sync (the
+//! sidecar, which mounts or watches the workspace directory) and cove-pty
+//! (terminals, files, preview), on loopback ports picked per start. A
+//! supervisor restarts a pair whose child exits, within a budget; a stop
+//! ends cove-pty, then waits for the sidecar's final flush.
 
-use serde::Serialize;
+use super::{Runtime, RuntimeError, StartSpec, State, Status};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    Stopped,
-    Starting,
-    Ready,
-    Stopping,
-    Failed,
-}
-
-/// What the API reports about one workspace.
-#[derive(Debug, Clone, Serialize)]
-pub struct Status {
-    pub state: State,
-    pub reason: Option<String>,
-    pub mode: Option<String>,
-    pub hydration: Option<serde_json::Value>,
-    pub app_port: Option<u16>,
-    pub started_ms: Option<u64>,
-    /// Where the gateway sends `<id>.ide.*` and `<id>.app.*`.
-    #[serde(skip)]
-    pub ide_port: Option<u16>,
-    #[serde(skip)]
-    pub preview_port: Option<u16>,
-    #[serde(skip)]
-    pub admin_port: Option<u16>,
-    #[serde(skip)]
-    pub sidecar_port: Option<u16>,
-}
-
-impl Status {
-    pub fn stopped(reason: Option<String>) -> Self {
-        Status {
-            state: State::Stopped,
-            reason,
-            mode: None,
-            hydration: None,
-            app_port: None,
-            started_ms: None,
-            ide_port: None,
-            preview_port: None,
-            admin_port: None,
-            sidecar_port: None,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    #[error("{0}")]
-    Failed(String),
-}
-
-pub struct StartSpec {
-    pub project: String,
-    /// Fencing epoch for the sidecar, above every earlier one (storage.md).
-    /// `None` on a supervisor restart: the sidecar then claims the next
-    /// epoch itself.
-    pub epoch: Option<u64>,
-}
-
-#[async_trait::async_trait]
-pub trait Runtime: Send + Sync {
-    /// Starts the workspace if it is not running; returns at once, with
-    /// the workspace `starting` (or already `ready`).
-    async fn start(&self, spec: StartSpec) -> Result<Status, RuntimeError>;
-    /// Stops it: cove-pty first (terminals end), then the sidecar, whose
-    /// final flush puts every change in the store. Returns when stopped.
-    async fn stop(&self, project: &str, reason: Option<String>) -> Result<Status, RuntimeError>;
-    fn status(&self, project: &str) -> Status;
-    fn running(&self) -> Vec<String>;
-    /// cove-pty's `/activity` of a running workspace (protocol.md §17).
-    async fn activity(&self, project: &str) -> Option<serde_json::Value>;
-    /// `POST path` with a JSON `body` to the control API of the running
-    /// workspace's sidecar (sync-api.md: `/flush`, `/restore`); returns the
-    /// status and JSON answer. Only the runtime knows how to reach the
-    /// sidecar (loopback here, the pod in a cluster).
-    async fn sidecar_post(
-        &self,
-        project: &str,
-        path: &str,
-        body: serde_json::Value,
-        timeout: Duration,
-    ) -> Result<(u16, serde_json::Value), RuntimeError>;
-    /// Controller shutdown: stop everything.
-    async fn shutdown(&self);
-}
 
 pub struct LocalConfig {
     pub bin_dir: PathBuf,
@@ -212,33 +125,33 @@ impl LocalRuntime {
         self: Arc<Self>,
         spec: StartSpec,
         run: u64,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), RuntimeError>> + Send>> {
         Box::pin(self.launch(spec, run))
     }
 
-    async fn launch(self: Arc<Self>, spec: StartSpec, run: u64) -> Result<(), String> {
+    async fn launch(self: Arc<Self>, spec: StartSpec, run: u64) -> Result<(), RuntimeError> {
         let p = spec.project.clone();
         let dir = self.cfg.data_dir.join("workspaces").join(&p);
         let (cache, root) = (dir.join("cache"), dir.join("workspace"));
-        std::fs::create_dir_all(&cache).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&cache)?;
         match std::fs::create_dir_all(&root) {
             // A sidecar that was killed leaves a dead FUSE mount here, which
             // answers ENOTCONN once the kernel's attribute cache has
             // expired, and create_dir_all then reports "File exists".
             // cove-sync detaches a stale mount itself before it mounts.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            r => r.map_err(|e| e.to_string())?,
+            r => r?,
         }
         let (api, ide, preview, admin, app) = {
             let mut taken = self.ports.lock();
-            let mut pick = || -> Result<u16, String> {
+            let mut pick = || -> Result<u16, RuntimeError> {
                 for _ in 0..100 {
-                    let p = free_port().map_err(|e| e.to_string())?;
+                    let p = free_port()?;
                     if taken.insert(p) {
                         return Ok(p);
                     }
                 }
-                Err("no free port".into())
+                Err(RuntimeError::NoFreePort)
             };
             (pick()?, pick()?, pick()?, pick()?, pick()?)
         };
@@ -260,14 +173,17 @@ impl LocalRuntime {
             cmd.args(["--epoch", &e.to_string()]);
         }
         die_with_parent(&mut cmd);
-        let mut sidecar = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start cove-sync: {e}"))?;
+        let mut sidecar = cmd.spawn().map_err(|source| RuntimeError::Spawn {
+            program: "cove-sync",
+            source,
+        })?;
         let ready = wait_line(&mut sidecar, "ready", Duration::from_secs(600)).await;
         if ready.is_none() {
             let st = sidecar.try_wait().ok().flatten();
             let _ = sidecar.kill().await;
-            return Err(format!("cove-sync did not become ready ({st:?})"));
+            return Err(RuntimeError::NotReady(format!(
+                "cove-sync did not become ready ({st:?})"
+            )));
         }
         let mut cmd = Command::new(self.cfg.bin_dir.join("cove-pty"));
         cmd.args(["--project", &p])
@@ -290,9 +206,10 @@ impl LocalRuntime {
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true);
         die_with_parent(&mut cmd);
-        let mut pty = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start cove-pty: {e}"))?;
+        let mut pty = cmd.spawn().map_err(|source| RuntimeError::Spawn {
+            program: "cove-pty",
+            source,
+        })?;
         if wait_line(&mut pty, "listening", Duration::from_secs(30))
             .await
             .is_none()
@@ -300,7 +217,7 @@ impl LocalRuntime {
             term(&sidecar);
             let _ = pty.kill().await;
             let _ = sidecar.wait().await;
-            return Err("cove-pty did not start".into());
+            return Err(RuntimeError::NotReady("cove-pty did not start".into()));
         }
         let mode = if self.cfg.mode == "watch" {
             "watch"
@@ -312,7 +229,7 @@ impl LocalRuntime {
             let Some(r) = ws.get_mut(&p).filter(|r| r.run == run) else {
                 // Stopped (and maybe started again) meanwhile: these
                 // children belong to no run; dropping them kills them.
-                return Err("stopped while starting".into());
+                return Err(RuntimeError::Superseded);
             };
             r.status.mode = Some(mode.into());
             r.status.app_port = Some(app);
@@ -438,10 +355,10 @@ impl LocalRuntime {
                 project: p.clone(),
                 epoch: None,
             };
-            if let Err(reason) = self.clone().launch_boxed(spec, run).await {
+            if let Err(e) = self.clone().launch_boxed(spec, run).await {
                 self.set(&p, run, |s| {
                     s.state = State::Failed;
-                    s.reason = Some(reason);
+                    s.reason = Some(e.to_string());
                 });
             }
             // launch started a new supervisor.
@@ -460,8 +377,16 @@ impl Runtime for Arc<LocalRuntime> {
         {
             let mut ws = self.ws.lock();
             if let Some(r) = ws.get(&p) {
-                if matches!(r.status.state, State::Starting | State::Ready) {
-                    return Ok(r.status.clone());
+                match r.status.state {
+                    State::Starting | State::Ready => return Ok(r.status.clone()),
+                    // Its final flush is under way; a start now would
+                    // race it for the project's directories.
+                    State::Stopping => {
+                        return Err(RuntimeError::Busy {
+                            state: State::Stopping,
+                        })
+                    }
+                    State::Stopped | State::Failed => {}
                 }
             }
             let mut status = Status::stopped(None);
@@ -482,11 +407,11 @@ impl Runtime for Arc<LocalRuntime> {
         let project = p.clone();
         tokio::spawn(async move {
             let p = project;
-            if let Err(reason) = me.clone().launch(spec, run).await {
-                tracing::warn!(project = %p, %reason, "workspace failed to start");
+            if let Err(e) = me.clone().launch(spec, run).await {
+                tracing::warn!(project = %p, reason = %e, "workspace failed to start");
                 me.set(&p, run, |s| {
                     s.state = State::Failed;
-                    s.reason = Some(reason);
+                    s.reason = Some(e.to_string());
                 });
             }
         });
@@ -585,27 +510,41 @@ impl Runtime for Arc<LocalRuntime> {
         path: &str,
         body: serde_json::Value,
         timeout: Duration,
-    ) -> Result<(u16, serde_json::Value), RuntimeError> {
-        let port = self
-            .ws
-            .lock()
-            .get(project)
-            .filter(|r| r.status.state == State::Ready)
-            .and_then(|r| r.status.sidecar_port)
-            .ok_or_else(|| RuntimeError::Failed("the workspace is not running".into()))?;
+    ) -> Result<serde_json::Value, RuntimeError> {
+        let port = {
+            let ws = self.ws.lock();
+            let st = ws.get(project).map(|r| &r.status);
+            match st {
+                Some(s) if s.state == State::Ready && s.sidecar_port.is_some() => s.sidecar_port,
+                _ => None,
+            }
+            .ok_or(RuntimeError::NotRunning {
+                state: st.map_or(State::Stopped, |s| s.state),
+            })?
+        };
         let r = reqwest::Client::new()
             .post(format!("http://127.0.0.1:{port}{path}"))
             .json(&body)
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| RuntimeError::Failed(format!("the sidecar's {path}: {e}")))?;
+            .map_err(|e| RuntimeError::Unreachable {
+                path: path.to_string(),
+                reason: e.to_string(),
+            })?;
         let status = r.status().as_u16();
-        let v = r
-            .json()
-            .await
-            .map_err(|e| RuntimeError::Failed(format!("the sidecar's {path} answer: {e}")))?;
-        Ok((status, v))
+        let v = r.json().await.map_err(|e| RuntimeError::BadAnswer {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })?;
+        if !(200..300).contains(&status) {
+            return Err(RuntimeError::Sidecar {
+                path: path.to_string(),
+                status,
+                body: v,
+            });
+        }
+        Ok(v)
     }
 
     async fn shutdown(&self) {
