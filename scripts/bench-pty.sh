@@ -6,7 +6,7 @@
 #   BENCH_QUICK=1 scripts/bench-pty.sh     smaller flood, fewer samples
 #   BENCH_OUT=/tmp/pty.md scripts/bench-pty.sh   also write the report there
 #
-# It measures (pty-server/examples/pty-bench.rs):
+# It measures (pty-server/examples/pty-bench/):
 #   1. keystroke echo latency (INPUT frame -> OUTPUT frame), p50/p90/p99/max;
 #   2. output flood throughput through cove-pty vs the raw PTY (script(1));
 #   3. cove-pty RSS idle, with one connection, and per terminal;
@@ -14,7 +14,8 @@
 # and prints a Markdown table plus the raw numbers. A missed goal is marked
 # MISSED; the exit status is non-zero only if the harness itself fails.
 #
-# Environment: BENCH_QUICK, BENCH_OUT, BENCH_LOG=1 (server logs on stderr).
+# Environment: BENCH_QUICK, BENCH_OUT, BENCH_LOG=1 (each server's log on
+# stderr when it stops).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

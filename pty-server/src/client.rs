@@ -196,11 +196,15 @@ impl Connect {
                         source: e,
                     }
                 })?;
-                let _ = tcp.set_nodelay(true);
+                tcp.set_nodelay(true).map_err(|e| ClientError::Connect {
+                    addr: addr.clone(),
+                    source: e,
+                })?;
                 tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
                     .await
             }
-            // No Nagle, as in browsers: a keystroke goes out at once.
+            // Browsers disable Nagle on WebSockets: a keystroke or an ACK
+            // goes out at once, not after the previous segment's ACK.
             None => tokio_tungstenite::connect_async_with_config(req, None, true).await,
         };
         match r {
@@ -432,7 +436,12 @@ impl Client {
                     .extend_from_slice(&data);
                 self.output_bytes += data.len() as u64;
                 if self.auto_ack {
-                    self.ack(terminal, end).await?;
+                    // The server may have closed the connection after this
+                    // frame: a failed ACK must not hide the close code still
+                    // to be read (the next `recv` reports the closure).
+                    if let Err(e) = self.ack(terminal, end).await {
+                        tracing::debug!(error = %e, terminal, "acknowledging output");
+                    }
                 }
             }
             Incoming::Snapshot {

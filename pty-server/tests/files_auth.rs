@@ -3,6 +3,8 @@
 mod common;
 
 use common::*;
+use cove_pty::client::ClientError;
+use cove_pty::protocol::{FsDelete, FsRead, FsStat, FsWrite, PathRef, Request, WriteEncoding};
 use serde_json::json;
 use std::time::Duration;
 
@@ -49,19 +51,22 @@ async fn paths_that_escape_the_workspace_are_refused() {
         .unwrap_err();
     assert_eq!(e["code"], "bad_path");
     // Inside links work; the escaping link itself can be listed and removed.
-    let r = c
-        .request(json!({"type": "fs.read", "path": "inside/ok.txt"}))
-        .await
-        .unwrap();
+    let r = c.call(read("inside/ok.txt")).await.unwrap();
     assert_eq!(r["content"], "ok");
     let r = c
-        .request(json!({"type": "fs.stat", "path": "etc-link"}))
+        .call(Request::FsStat(FsStat {
+            path: "etc-link".into(),
+            ..FsStat::default()
+        }))
         .await
         .unwrap();
     assert_eq!(r["entry"]["kind"], "symlink");
-    c.request(json!({"type": "fs.delete", "path": "etc-link"}))
-        .await
-        .unwrap();
+    c.call(Request::FsDelete(FsDelete {
+        path: "etc-link".into(),
+        recursive: None,
+    }))
+    .await
+    .unwrap();
     assert!(std::path::Path::new("/etc/passwd").exists());
     let e = c
         .request(json!({"type": "term.create", "cols": 80, "rows": 24, "cwd": "up"}))
@@ -76,13 +81,16 @@ async fn writes_are_versioned_durable_and_conflicts_are_reported() {
     let mut a = ws.connect().await;
     let mut b = ws.connect().await;
     let sub = a
-        .request(json!({"type": "fs.subscribe", "path": ""}))
+        .call(Request::FsSubscribe(PathRef { path: "".into() }))
         .await
         .unwrap()["subscription"]
         .clone();
 
     let w = a
-        .request(json!({"type": "fs.write", "path": "notes/a.txt", "content": "one\n", "encoding": "utf8", "base_version": null, "parents": true}))
+        .call(Request::FsWrite(FsWrite {
+            parents: Some(true),
+            ..utf8_write("notes/a.txt", "one\n", None)
+        }))
         .await
         .unwrap();
     assert_eq!(w["durable"], true, "{w}");
@@ -92,10 +100,7 @@ async fn writes_are_versioned_durable_and_conflicts_are_reported() {
         std::fs::read_to_string(ws.root.join("notes/a.txt")).unwrap(),
         "one\n"
     );
-    let r = b
-        .request(json!({"type": "fs.read", "path": "notes/a.txt"}))
-        .await
-        .unwrap();
+    let r = b.call(read("notes/a.txt")).await.unwrap();
     assert_eq!(
         (r["content"].as_str(), r["version"].as_str()),
         (Some("one\n"), Some(v1.as_str()))
@@ -103,11 +108,19 @@ async fn writes_are_versioned_durable_and_conflicts_are_reported() {
 
     // b saves first; a's save from the old version is a conflict.
     let w2 = b
-        .request(json!({"type": "fs.write", "path": "notes/a.txt", "content": "two\n", "encoding": "utf8", "base_version": v1}))
+        .call(Request::FsWrite(utf8_write(
+            "notes/a.txt",
+            "two\n",
+            Some(&v1),
+        )))
         .await
         .unwrap();
     let e = a
-        .request(json!({"type": "fs.write", "path": "notes/a.txt", "content": "three\n", "encoding": "utf8", "base_version": v1}))
+        .call(Request::FsWrite(utf8_write(
+            "notes/a.txt",
+            "three\n",
+            Some(&v1),
+        )))
         .await
         .unwrap_err();
     assert_eq!(e["code"], "conflict");
@@ -117,24 +130,28 @@ async fn writes_are_versioned_durable_and_conflicts_are_reported() {
         "two\n"
     );
     // A change made in a terminal is a conflict too.
-    let t = a.create(json!({})).await;
-    a.input(t, "echo shell >> notes/a.txt\r").await;
+    let t = a.create_terminal(json!({})).await.unwrap();
+    a.input(t, b"echo shell >> notes/a.txt\r").await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::fs::read_to_string(ws.root.join("notes/a.txt")).unwrap() != "two\nshell\n" {
         assert!(std::time::Instant::now() < deadline);
-        if let Some(m) = a.next(Duration::from_millis(100)).await {
-            a.events.push(m);
+        if let Some(m) = a.next(Duration::from_millis(100)).await.unwrap() {
+            a.events.push_back(m);
         }
     }
     let e = b
-        .request(json!({"type": "fs.write", "path": "notes/a.txt", "content": "mine\n", "encoding": "utf8", "base_version": w2["version"]}))
+        .call(Request::FsWrite(utf8_write(
+            "notes/a.txt",
+            "mine\n",
+            Some(w2["version"].as_str().unwrap()),
+        )))
         .await
         .unwrap_err();
     assert_eq!(e["code"], "conflict");
 
     // The change feed saw the changes, coalesced, from every source.
     let ev = a
-        .wait_event("fs.changes", |e| {
+        .wait_message("fs.changes", T, |e| {
             e["type"] == "fs.changes"
                 && e["subscription"] == sub
                 && e["events"]
@@ -143,7 +160,8 @@ async fn writes_are_versioned_durable_and_conflicts_are_reported() {
                     .iter()
                     .any(|x| x["path"] == "notes/a.txt")
         })
-        .await;
+        .await
+        .unwrap();
     assert!(
         !ev.to_string().contains("cove-tmp"),
         "temp files must be hidden: {ev}"
@@ -152,23 +170,21 @@ async fn writes_are_versioned_durable_and_conflicts_are_reported() {
     // Binary content round-trips as base64; limits are enforced.
     let bin = base64_encode(&[0u8, 159, 146, 150, 255]);
     let w = a
-        .request(json!({"type": "fs.write", "path": "b.bin", "content": bin, "encoding": "base64", "base_version": null}))
+        .call(Request::FsWrite(FsWrite {
+            content: bin.clone(),
+            encoding: WriteEncoding::Base64,
+            ..utf8_write("b.bin", "", None)
+        }))
         .await
         .unwrap();
     assert_eq!(w["size"], 5);
-    let r = a
-        .request(json!({"type": "fs.read", "path": "b.bin"}))
-        .await
-        .unwrap();
+    let r = a.call(read("b.bin")).await.unwrap();
     assert_eq!(
         (r["encoding"].as_str(), r["content"].as_str()),
         (Some("base64"), Some(bin.as_str()))
     );
     std::fs::write(ws.root.join("big"), vec![b'x'; 1_000_001]).unwrap();
-    let e = a
-        .request(json!({"type": "fs.read", "path": "big"}))
-        .await
-        .unwrap_err();
+    let e = a.call(read("big")).await.unwrap_err();
     assert_eq!(e["code"], "too_large");
     assert_eq!(e["details"]["limit"], 1_000_000);
 
@@ -220,7 +236,7 @@ async fn writes_are_versioned_durable_and_conflicts_are_reported() {
         }
     }
     let l = a
-        .request(json!({"type": "fs.list", "path": ""}))
+        .call(Request::FsList(PathRef { path: "".into() }))
         .await
         .unwrap();
     let names: Vec<_> = l["entries"]
@@ -230,6 +246,26 @@ async fn writes_are_versioned_durable_and_conflicts_are_reported() {
         .map(|e| e["name"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(names, ["b.bin", "big", "notes"]);
+}
+
+/// `fs.read` of `path`, as the editor opens a file.
+fn read(path: &str) -> Request {
+    Request::FsRead(FsRead {
+        path: path.into(),
+        encoding: None,
+    })
+}
+
+/// `fs.write` of UTF-8 `content` over version `base` (`None`: the file
+/// must not exist yet).
+fn utf8_write(path: &str, content: &str, base: Option<&str>) -> FsWrite {
+    FsWrite {
+        path: path.into(),
+        content: content.into(),
+        encoding: WriteEncoding::Utf8,
+        base_version: base.map(str::to_string),
+        parents: None,
+    }
 }
 
 fn base64_encode(b: &[u8]) -> String {
@@ -278,11 +314,15 @@ async fn upgrades_without_valid_credentials_are_refused_before_anything_runs() {
         (Some(p(&other)), Some(ORIGIN), 403, "wrong_project"),
     ];
     for (proto, origin, status, code) in cases {
-        let e = try_connect(&ws.ide, proto.as_deref(), origin)
+        let e = upgrade_request(&ws.ide, proto.as_deref(), origin)
+            .upgrade()
             .await
             .expect_err("must be refused");
-        assert_eq!(e.0, status, "{proto:?} {origin:?}: {}", e.1);
-        assert!(e.1.contains(code), "{code} not in {}", e.1);
+        let ClientError::Refused { status: got, body } = e else {
+            panic!("{proto:?} {origin:?}: not refused by the server: {e}")
+        };
+        assert_eq!(got, status, "{proto:?} {origin:?}: {body}");
+        assert!(body.contains(code), "{code} not in {body}");
     }
     // Not an upgrade, wrong path.
     assert_eq!(http_get(&ws.ide, "/ws").0, 400);
@@ -301,44 +341,45 @@ async fn upgrades_without_valid_credentials_are_refused_before_anything_runs() {
     );
 
     // Protocol violations close the connection with the documented codes.
-    let raw = try_connect(&ws.ide, Some(&p(&good)), Some(ORIGIN))
+    let raw = ws.endpoint().upgrade().await.unwrap();
+    let mut c = Client::from_socket(raw);
+    c.send_text(json!({"type": "term.list", "id": 1}).to_string())
         .await
         .unwrap();
-    let mut c = Client::raw(raw);
-    c.send_text(json!({"type": "term.list", "id": 1}).to_string())
-        .await;
     assert_eq!(
-        c.wait_close(Duration::from_secs(5)).await,
-        Some(4002),
+        c.wait_close(Duration::from_secs(5)).await.unwrap(),
+        4002,
         "hello first"
     );
-    let raw = try_connect(&ws.ide, Some(&p(&good)), Some(ORIGIN))
+    let raw = ws.endpoint().upgrade().await.unwrap();
+    let mut c = Client::from_socket(raw);
+    c.send_text(json!({"type": "hello", "id": 1, "protocol": 2}).to_string())
         .await
         .unwrap();
-    let mut c = Client::raw(raw);
-    c.send_text(json!({"type": "hello", "id": 1, "protocol": 2}).to_string())
+    assert_eq!(c.wait_close(Duration::from_secs(5)).await.unwrap(), 4003);
+    let mut c = ws.connect().await;
+    c.send_text("{not json".into()).await.unwrap();
+    assert_eq!(c.wait_close(Duration::from_secs(5)).await.unwrap(), 4000);
+    let mut c = ws.connect().await;
+    c.send_binary(vec![1, 2, 3]).await.unwrap();
+    assert_eq!(c.wait_close(Duration::from_secs(5)).await.unwrap(), 4000);
+    let mut c = ws.connect().await;
+    // The server may close the connection before all 17 MiB are sent: the
+    // send's own result does not matter, the close does.
+    let _ = c
+        .send_text(format!(
+            "{{\"type\":\"fs.write\",\"id\":5,\"content\":\"{}\"}}",
+            "x".repeat(17 << 20)
+        ))
         .await;
-    assert_eq!(c.wait_close(Duration::from_secs(5)).await, Some(4003));
-    let mut c = ws.connect().await;
-    c.send_text("{not json".into()).await;
-    assert_eq!(c.wait_close(Duration::from_secs(5)).await, Some(4000));
-    let mut c = ws.connect().await;
-    c.send_binary(vec![1, 2, 3]).await;
-    assert_eq!(c.wait_close(Duration::from_secs(5)).await, Some(4000));
-    let mut c = ws.connect().await;
-    c.send_text(format!(
-        "{{\"type\":\"fs.write\",\"id\":5,\"content\":\"{}\"}}",
-        "x".repeat(17 << 20)
-    ))
-    .await;
     let code = c.wait_close(Duration::from_secs(10)).await;
     assert!(
-        matches!(code, Some(1009) | Some(1006)),
+        matches!(code, Ok(1009) | Ok(1006)),
         "oversized message: {code:?}"
     );
     // The server is fine afterwards.
     let mut c = ws.connect().await;
-    c.request(json!({"type": "term.list"})).await.unwrap();
+    c.call(Request::TermList).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
