@@ -32,6 +32,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The lane's manifest, shared by the editor and (in controller mode) the
+/// worker's records.
+pub(crate) type Records = Arc<Mutex<manifest::Writer>>;
+/// The next version of each editor lineage, kept across cycles.
+pub(crate) type Versions = Arc<Mutex<HashMap<String, u64>>>;
+
 /// Where a lane's workspace runs and how it is killed and brought back.
 /// The hooks are called in the order listed, by [`cycle`] (one kill
 /// cycle) and [`lane_loop`] (a lane's start, its cycles, its final stop).
@@ -50,13 +56,7 @@ pub(crate) trait Target {
     fn ledger(&mut self) -> &mut Ledger;
     /// Where the editor records its saves (the lane's manifest) and the
     /// versions it saves from, kept across cycles.
-    #[allow(clippy::type_complexity)]
-    fn editor(
-        &self,
-    ) -> (
-        Arc<Mutex<manifest::Writer>>,
-        Arc<Mutex<HashMap<String, u64>>>,
-    );
+    fn editor(&self) -> (Records, Versions);
     /// Where the worker's errors go.
     fn worker_log(&self) -> PathBuf;
     /// What the lane's fault proxy has done so far (process mode only).

@@ -9,7 +9,9 @@
 //! dropped connections, a long outage), each ending in a kill.
 
 use crate::check;
-use crate::cycle::{check_ledger, within, worker_command, Counters, Shared, Target};
+use crate::cycle::{
+    check_ledger, within, worker_command, Counters, Records, Shared, Target, Versions,
+};
 use crate::editor::{self, Ws};
 use crate::ledger::Ledger;
 use crate::manifest;
@@ -293,12 +295,7 @@ impl Target for ProcessLane {
         &mut self.ledger
     }
 
-    fn editor(
-        &self,
-    ) -> (
-        Arc<Mutex<manifest::Writer>>,
-        Arc<Mutex<HashMap<String, u64>>>,
-    ) {
+    fn editor(&self) -> (Records, Versions) {
         (self.editor_log.clone(), self.editor_versions.clone())
     }
 

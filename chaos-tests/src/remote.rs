@@ -33,7 +33,7 @@
 //! workload, during a graceful stop, and during the recovery's hydration.
 
 use crate::check;
-use crate::cycle::{check_ledger, within, worker_command, Shared, Target};
+use crate::cycle::{check_ledger, within, worker_command, Records, Shared, Target, Versions};
 use crate::editor::{self, Ws};
 use crate::ledger::Ledger;
 use crate::manifest::{self, Phase, Rec, TERMINAL_MARK};
@@ -620,12 +620,7 @@ impl Target for RemoteLane {
         &mut self.ledger
     }
 
-    fn editor(
-        &self,
-    ) -> (
-        Arc<Mutex<manifest::Writer>>,
-        Arc<Mutex<HashMap<String, u64>>>,
-    ) {
+    fn editor(&self) -> (Records, Versions) {
         (self.writer.clone(), self.editor_versions.clone())
     }
 
