@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The quick tier (DEVELOPMENT.md): what needs neither root, FUSE nor Garage.
-# A few minutes once built; run it before every commit. The full tier is
+# About a minute once built (2 cores); run it before every commit. The full tier is
 # scripts/test.sh (as root, with Garage, Chromium and the chaos harness).
 #
 #   scripts/check.sh           fmt, clippy, unit tests, the integration tests
