@@ -1,8 +1,8 @@
 //! The kill cycle, written once for both targets: process mode
 //! (processes.rs, workspaces the harness starts itself) and controller
 //! mode (remote.rs, workspaces through the controller's API). A target
-//! implements [`Target`]'s hooks (start, workload, kill, recovery, check);
-//! [`cycle`] and [`lane_loop`] put them in order.
+//! implements `Target`'s hooks (start, workload, kill, recovery, check);
+//! `cycle` and `lane_loop` put them in order.
 //!
 //! One cycle: pick the fault and the kill time from the cycle's own
 //! random numbers; start the worker in a terminal and the editor's saves
@@ -12,8 +12,8 @@
 //! during hydration if the fault says so); check it against everything the
 //! lane's manifest recorded.
 //!
-//! Also here: what lanes share ([`Shared`]), the lines of `cycles.jsonl`
-//! ([`Line`]) and the helpers both targets use.
+//! Also here: what lanes share (`Shared`), the lines of `cycles.jsonl`
+//! (`Line`) and the helpers both targets use.
 
 use crate::check;
 use crate::editor::{self, Ws};

@@ -3,7 +3,7 @@
 //! file is ever torn.
 //!
 //! Start at [`run`] (the run: lanes, resume, report), then [`cycle`]: one
-//! kill cycle, written once over the [`cycle::Target`] hooks that the two
+//! kill cycle, written once over the `Target` hooks that the two
 //! targets implement. Module by module:
 //!
 //! - [`run`]: `cove-chaos run`: `run.json`, the lanes, `cycles.jsonl`,
