@@ -33,23 +33,21 @@
 //! workload, during a graceful stop, and during the recovery's hydration.
 
 use crate::check;
+use crate::cycle::{check_ledger, within, worker_command, Records, Shared, Target, Versions};
 use crate::editor::{self, Ws};
 use crate::ledger::Ledger;
-use crate::manifest::{self, now_ms, Phase, Rec, TERMINAL_MARK};
-use crate::report::{Cycle, Violation};
-use crate::run::{
-    check_ledger, cycle_rng, wait_for_worker, within, worker_command, worker_seed, Line, Shared,
-};
+use crate::manifest::{self, Phase, Rec, TERMINAL_MARK};
+use crate::report::Violation;
 use anyhow::{bail, Context, Result};
 use futures::{SinkExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
+use rand::rngs::StdRng;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -392,7 +390,7 @@ impl RemoteLane {
 
     /// Waits until a cove-pty other than `old` answers (the workspace came
     /// back); returns its connection.
-    async fn recover(&mut self, old: Option<String>) -> Result<(Ws, Value)> {
+    async fn reconnect(&mut self, old: Option<String>) -> Result<(Ws, Value)> {
         loop {
             if let Some((ws, welcome)) = self.connect().await? {
                 let inst = welcome["instance"].as_str().map(str::to_string);
@@ -406,7 +404,7 @@ impl RemoteLane {
     }
 
     /// Exports the project's head and checks it against the ledger.
-    async fn check(&mut self, n: u64, seed: u64, t_kill: u64) -> Result<check::Outcome> {
+    async fn check_export(&mut self, n: u64, seed: u64, t_kill: u64) -> Result<check::Outcome> {
         let export = self.dir.join("export");
         let _ = std::fs::remove_dir_all(&export);
         let out = tokio::process::Command::new(self.bin_dir.join("cove-sync"))
@@ -450,7 +448,7 @@ async fn kill_now(lane: &RemoteLane, id: &str, patience: Duration) -> Result<usi
 
 /// The faults of controller mode: kills only (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Fault {
+pub(crate) enum Fault {
     Kill,
     KillDuringStop,
     KillDuringHydration,
@@ -585,239 +583,247 @@ async fn create_terminal(ws: &mut Ws, command: Vec<String>) -> Result<(u32, Vec<
     }
 }
 
-/// One kill cycle of a controller-mode lane.
-async fn cycle(lane: &mut RemoteLane, sh: &Shared, n: u64) -> Result<(Cycle, Vec<Violation>)> {
-    let seed = sh.cfg.seed;
-    let mut rng = cycle_rng(seed, n);
-    let fault = Fault::pick(&mut rng);
-    let kill_after = Duration::from_millis(rng.random_range(300..2500));
-    let id = lane.project()?.to_string();
-    // Two connections: one attached to the worker's terminal, one for the
-    // editor's saves.
-    let (mut term_ws, _) =
-        within("connecting", Duration::from_secs(60), lane.recover(None)).await?;
-    let (editor_ws, _) = within("connecting", Duration::from_secs(60), lane.recover(None)).await?;
-
-    // The worker, on a terminal this connection is attached to.
-    let worker_seed = worker_seed(seed, n);
-    let command = worker_command(
-        lane.rc.worker.clone(),
-        worker_seed,
-        n,
-        sh.cfg.tar_files,
-        &[
-            ("--root", ".".into()),
-            ("--manifest", "-".into()),
-            (
-                "--state-json",
-                serde_json::to_string(lane.ledger.worker_state())?,
-            ),
-        ],
-    );
-    let (term, early) = within(
-        "starting the worker",
-        Duration::from_secs(20),
-        create_terminal(&mut term_ws, command),
-    )
-    .await?;
-    let mut pump = tokio::spawn(pump(
-        term_ws,
-        term,
-        early,
-        lane.writer.clone(),
-        lane.dir.join("logs/worker.log"),
-    ));
-    let editor = tokio::spawn(editor::save_loop(
-        editor_ws,
-        worker_seed.rotate_left(17),
-        n,
-        lane.editor_versions.clone(),
-        lane.writer.clone(),
-    ));
-    wait_for_worker(
-        &mut lane.ledger,
-        n,
-        Duration::from_secs(60),
-        || !pump.is_finished(),
-        &lane.dir.join("logs/worker.log"),
-    )
-    .await?;
-    tokio::time::sleep(kill_after).await;
-    // A pump that ended early leaves the worker blocked at its next begin:
-    // the cycle would pass with no workload.
-    anyhow::ensure!(
-        !pump.is_finished(),
-        "the worker's terminal closed before the kill (see {})",
-        lane.dir.join("logs/worker.log").display()
-    );
-
-    let before = lane.instance.clone();
-    let mut stop_task = None;
-    let found = match fault {
-        Fault::Kill | Fault::KillDuringHydration => kill_now(lane, &id, Duration::ZERO).await?,
-        Fault::KillDuringStop => {
-            let api = lane.api.clone();
-            let p = id.clone();
-            stop_task = Some(tokio::spawn(async move { api.stop(&p).await }));
-            tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
-            // The stop may have won: then there is nothing left to kill.
-            kill_now(lane, &id, Duration::ZERO).await?
-        }
-    };
-    anyhow::ensure!(
-        found > 0 || fault == Fault::KillDuringStop,
-        "nothing to kill for {id}: with --kill processes, --bin-dir must be the controller's"
-    );
-    let t_kill = now_ms();
-    let killed = Instant::now();
-    editor.abort();
-    let _ = editor.await;
-    // The records already on their way (the `done`s of the last writes)
-    // are still read: the socket closes with the workspace.
-    if tokio::time::timeout(Duration::from_secs(3), &mut pump)
-        .await
-        .is_err()
-    {
-        pump.abort();
-    }
-    if let Some(t) = stop_task {
-        // Its answer does not matter: stopped, failed, or cut short.
-        let _ = within("the stop", Duration::from_secs(60), async { Ok(t.await?) }).await;
-    }
-    if fault == Fault::KillDuringHydration {
-        // Once the workspace is coming back (the supervisor's restart, or
-        // ours), kill it again 0-150 ms in.
-        // A restart that is already over by the time we look (a small
-        // tree hydrates fast) is killed once up, after 10 s at most.
-        let until = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < until {
-            let w = lane.api.start(&id).await.unwrap_or(Value::Null);
-            if w["state"] == "starting" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
-        // The controller says `starting` before it spawns the sidecar.
-        kill_now(lane, &id, Duration::from_secs(10)).await?;
-    }
-
-    let (ws, _) = within("recovery", Duration::from_secs(180), lane.recover(before)).await?;
-    let recovery_ms = killed.elapsed().as_millis() as u64;
-    drop(ws);
-    let o = lane.check(n, seed, t_kill).await?;
-    let c = Cycle {
-        n,
-        lane: lane.i,
-        fault: fault.name(&lane.rc.kill),
-        kill_after_ms: kill_after.as_millis() as u64,
-        acked: o.acked,
-        unsynced: o.unsynced,
-        lost_unsynced: o.lost_unsynced,
-        rpo_ms: o.rpo_ms,
-        recovery_ms,
-        violations: o.violations.len() as u64,
-    };
-    Ok((c, o.violations))
+/// What a controller-mode cycle's workload leaves for the kill and the
+/// recovery.
+pub(crate) struct Work {
+    /// Reads the worker's records from its terminal.
+    pump: tokio::task::JoinHandle<Result<()>>,
+    /// A graceful stop the kill cuts short.
+    stop: Option<tokio::task::JoinHandle<Result<Value>>>,
+    /// The cove-pty instance before the kill: recovery waits for another.
+    before: Option<String>,
 }
 
-/// Creates the lane's project (a new run) or kills and recovers it (a
-/// resumed run, whose worker may still be at work), then checks it.
-async fn start(lane: &mut RemoteLane, sh: &Shared, resumed: bool) -> Result<Option<Line>> {
-    if lane.project.is_none() {
-        let name = format!("chaos {} lane {}", sh.cfg.seed % 100_000, lane.i);
-        let id = lane.api.create(&name, &lane.rc.template).await?;
-        std::fs::write(lane.dir.join("project"), &id)?;
-        lane.project = Some(id);
+impl RemoteLane {
+    /// Creates the lane's project unless it has one (in `dir/project`).
+    async fn ensure_project(&mut self, sh: &Shared) -> Result<()> {
+        if self.project.is_none() {
+            let name = format!("chaos {} lane {}", sh.cfg.seed % 100_000, self.i);
+            let id = self.api.create(&name, &self.rc.template).await?;
+            std::fs::write(self.dir.join("project"), &id)?;
+            self.project = Some(id);
+        }
+        Ok(())
     }
-    if !resumed {
+}
+
+impl Target for RemoteLane {
+    type Fault = Fault;
+    type Work = Work;
+    const WORKER_PATIENCE: Duration = Duration::from_secs(60);
+
+    fn lane(&self) -> u64 {
+        self.i
+    }
+
+    fn ledger(&mut self) -> &mut Ledger {
+        &mut self.ledger
+    }
+
+    fn editor(&self) -> (Records, Versions) {
+        (self.writer.clone(), self.editor_versions.clone())
+    }
+
+    fn worker_log(&self) -> PathBuf {
+        self.dir.join("logs/worker.log")
+    }
+
+    async fn first_start(&mut self, sh: &Shared) -> Result<()> {
+        self.ensure_project(sh).await?;
         let (ws, _) = within(
             "the first start",
             Duration::from_secs(180),
-            lane.recover(None),
+            self.reconnect(None),
         )
         .await?;
         drop(ws);
-        return Ok(None);
+        Ok(())
     }
-    let id = lane.project()?.to_string();
-    lane.ledger.seal()?;
-    // The instance running now (a deleted pod may answer for a moment
-    // after the kill: recovery waits for another one).
-    let (ws, _) = within("connecting", Duration::from_secs(180), lane.recover(None)).await?;
-    drop(ws);
-    let old = lane.instance.clone();
-    let t0 = Instant::now();
-    kill_now(lane, &id, Duration::ZERO).await?;
-    let (ws, _) = within(
-        "recovery after the resume",
-        Duration::from_secs(180),
-        lane.recover(old),
-    )
-    .await?;
-    drop(ws);
-    let recovery_ms = t0.elapsed().as_millis() as u64;
-    let n = lane.ledger.max_cycle.unwrap_or(0);
-    let t_kill = lane.ledger.last_t;
-    let o = lane.check(n, sh.cfg.seed, t_kill).await?;
-    Ok(Some(Line::Resume {
-        lane: lane.i,
-        recovery_ms,
-        acked: o.acked,
-        violations: o.violations,
-    }))
-}
 
-/// A controller-mode lane: cycles until the run has its count.
-pub(crate) async fn lane_loop(
-    mut lane: RemoteLane,
-    sh: Arc<Shared>,
-    resumed: bool,
-    tx: tokio::sync::mpsc::UnboundedSender<Line>,
-) {
-    let fail = |n: u64, kind: &str, lane: u64, e: anyhow::Error| Line::Error {
-        violation: Violation::new(n, sh.cfg.seed, kind, "", format!("lane {lane}: {e:#}")),
-    };
-    match start(&mut lane, &sh, resumed).await {
-        Ok(Some(l)) => {
-            let _ = tx.send(l);
-        }
-        Ok(None) => {}
-        Err(e) => {
-            let n = lane.ledger.max_cycle.unwrap_or(0);
-            let _ = tx.send(fail(n, "harness_error", lane.i, e));
-            sh.stop.store(true, Ordering::SeqCst);
-            return;
-        }
+    /// Kills and recovers the project's workspace: a resumed run's worker
+    /// may still be at work.
+    async fn resume(&mut self, sh: &Shared) -> Result<Duration> {
+        self.ensure_project(sh).await?;
+        let id = self.project()?.to_string();
+        self.ledger.seal()?;
+        // The instance running now (a deleted pod may answer for a moment
+        // after the kill: recovery waits for another one).
+        let (ws, _) = within("connecting", Duration::from_secs(180), self.reconnect(None)).await?;
+        drop(ws);
+        let old = self.instance.clone();
+        let t0 = Instant::now();
+        kill_now(self, &id, Duration::ZERO).await?;
+        let (ws, _) = within(
+            "recovery after the resume",
+            Duration::from_secs(180),
+            self.reconnect(old),
+        )
+        .await?;
+        drop(ws);
+        Ok(t0.elapsed())
     }
-    while !sh.stop.load(Ordering::SeqCst)
-        && sh
-            .to_start
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1))
-            .is_ok()
-    {
-        let n = sh.next_n.fetch_add(1, Ordering::SeqCst);
-        match cycle(&mut lane, &sh, n).await {
-            Ok((cycle, violations)) => {
-                let _ = tx.send(Line::Cycle {
-                    cycle,
-                    violations,
-                    proxy: Default::default(),
-                });
-            }
-            Err(e) => {
-                let _ = tx.send(fail(n, "harness_error", lane.i, e));
-                sh.stop.store(true, Ordering::SeqCst);
-                break;
-            }
-        }
+
+    fn pick(_n: u64, rng: &mut StdRng) -> Fault {
+        Fault::pick(rng)
     }
-    // The workspace stays as the controller has it: stop it cleanly.
-    if let Ok(id) = lane.project() {
-        if let Err(e) = lane.api.stop(id).await {
-            let n = sh.next_n.load(Ordering::SeqCst);
-            let _ = tx.send(fail(n, "final_stop", lane.i, e));
+
+    fn fault_name(&self, _sh: &Shared, fault: Fault) -> String {
+        fault.name(&self.rc.kill)
+    }
+
+    async fn start_workload(
+        &mut self,
+        sh: &Shared,
+        n: u64,
+        worker_seed: u64,
+    ) -> Result<(Ws, Work)> {
+        self.project()?;
+        // Two connections: one attached to the worker's terminal, one for
+        // the editor's saves.
+        let (mut term_ws, _) =
+            within("connecting", Duration::from_secs(60), self.reconnect(None)).await?;
+        let (editor_ws, _) =
+            within("connecting", Duration::from_secs(60), self.reconnect(None)).await?;
+
+        // The worker, on a terminal this connection is attached to.
+        let command = worker_command(
+            self.rc.worker.clone(),
+            worker_seed,
+            n,
+            sh.cfg.tar_files,
+            &[
+                ("--root", ".".into()),
+                ("--manifest", "-".into()),
+                (
+                    "--state-json",
+                    serde_json::to_string(self.ledger.worker_state())?,
+                ),
+            ],
+        );
+        let (term, early) = within(
+            "starting the worker",
+            Duration::from_secs(20),
+            create_terminal(&mut term_ws, command),
+        )
+        .await?;
+        let pump = tokio::spawn(pump(
+            term_ws,
+            term,
+            early,
+            self.writer.clone(),
+            self.dir.join("logs/worker.log"),
+        ));
+        let work = Work {
+            pump,
+            stop: None,
+            before: None,
+        };
+        Ok((editor_ws, work))
+    }
+
+    fn worker_alive(work: &Work) -> bool {
+        !work.pump.is_finished()
+    }
+
+    async fn run_workload(
+        &mut self,
+        _sh: &Shared,
+        _fault: Fault,
+        kill_after: Duration,
+        work: &Work,
+    ) -> Result<Duration> {
+        tokio::time::sleep(kill_after).await;
+        // A pump that ended early leaves the worker blocked at its next
+        // begin: the cycle would pass with no workload.
+        anyhow::ensure!(
+            !work.pump.is_finished(),
+            "the worker's terminal closed before the kill (see {})",
+            self.dir.join("logs/worker.log").display()
+        );
+        Ok(kill_after)
+    }
+
+    async fn kill(&mut self, fault: Fault, rng: &mut StdRng, work: &mut Work) -> Result<()> {
+        let id = self.project()?.to_string();
+        work.before = self.instance.clone();
+        let found = match fault {
+            Fault::Kill | Fault::KillDuringHydration => kill_now(self, &id, Duration::ZERO).await?,
+            Fault::KillDuringStop => {
+                let api = self.api.clone();
+                let p = id.clone();
+                work.stop = Some(tokio::spawn(async move { api.stop(&p).await }));
+                tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
+                // The stop may have won: then there is nothing left to kill.
+                kill_now(self, &id, Duration::ZERO).await?
+            }
+        };
+        anyhow::ensure!(
+            found > 0 || fault == Fault::KillDuringStop,
+            "nothing to kill for {id}: with --kill processes, --bin-dir must be the controller's"
+        );
+        Ok(())
+    }
+
+    async fn settle(&mut self, work: &mut Work) -> Result<()> {
+        // The records already on their way (the `done`s of the last
+        // writes) are still read: the socket closes with the workspace.
+        if tokio::time::timeout(Duration::from_secs(3), &mut work.pump)
+            .await
+            .is_err()
+        {
+            work.pump.abort();
         }
+        if let Some(t) = work.stop.take() {
+            // Its answer does not matter: stopped, failed, or cut short.
+            let _ = within("the stop", Duration::from_secs(60), async { Ok(t.await?) }).await;
+        }
+        Ok(())
+    }
+
+    async fn recover(
+        &mut self,
+        _n: u64,
+        _seed: u64,
+        fault: Fault,
+        rng: &mut StdRng,
+        work: &mut Work,
+    ) -> Result<Vec<Violation>> {
+        let id = self.project()?.to_string();
+        if fault == Fault::KillDuringHydration {
+            // Once the workspace is coming back (the supervisor's restart,
+            // or ours), kill it again 0-150 ms in.
+            // A restart that is already over by the time we look (a small
+            // tree hydrates fast) is killed once up, after 10 s at most.
+            let until = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < until {
+                let w = self.api.start(&id).await.unwrap_or(Value::Null);
+                if w["state"] == "starting" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
+            // The controller says `starting` before it spawns the sidecar.
+            kill_now(self, &id, Duration::from_secs(10)).await?;
+        }
+        let before = work.before.take();
+        let (ws, _) = within("recovery", Duration::from_secs(180), self.reconnect(before)).await?;
+        drop(ws);
+        // No violations of its own: the harness waits for whatever the
+        // controller does, 180 s at most.
+        Ok(Vec::new())
+    }
+
+    async fn check(&mut self, n: u64, seed: u64, t_kill: u64) -> Result<check::Outcome> {
+        self.check_export(n, seed, t_kill).await
+    }
+
+    /// The workspace stays as the controller has it: stopped cleanly.
+    async fn finish(&mut self) -> Result<()> {
+        if let Ok(id) = self.project() {
+            self.api.stop(id).await?;
+        }
+        Ok(())
     }
 }
 

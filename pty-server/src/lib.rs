@@ -12,9 +12,9 @@
 //! | [`protocol`] | wire types: requests, frame header, error and close codes, limits |
 //! | [`client`] | the protocol's Rust client (tests, benchmarks, cove-chaos) |
 //! | [`token`] | HMAC tokens the controller signs and the upgrade verifies |
-//! | [`server`] | shared state, upgrade checks, status poller, admin endpoints |
+//! | [`server`] | shared state, upgrade checks, status poller, admin endpoints, the handlers a stop waits for |
 //! | [`conn`] | one connection: hello, requests, frames, heartbeat, rate limit |
-//! | [`terminal`] | PTYs, sessions, attachments, flow control |
+//! | [`terminal`] | the terminal sessions and their requests; one terminal's I/O and flow control in `terminal/io.rs` |
 //! | [`screen`] | the server-side emulator and its snapshots |
 //! | [`reaper`] | reaps every child and orphan; kills sessions |
 //! | [`files`] | confined file operations |

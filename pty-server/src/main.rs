@@ -1,4 +1,9 @@
 //! The cove-pty binary: flags, listeners, shutdown.
+//!
+//! SIGTERM or SIGINT: new connections are refused (503), every open one is
+//! closed with 4004, every terminal session is hung up and then killed,
+//! and the process exits once the connections' handlers have ended (their
+//! clients answered the close), 5 s after the close at most.
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -7,6 +12,12 @@ use cove_pty::server::{App, Config};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+/// How long after the close a stop waits for the connections' handlers to
+/// end: as long as a connection's own closing handshake (conn.rs), and
+/// with the terminals' shutdown well within the controller's 10 s before
+/// SIGKILL.
+const HANDLERS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -201,6 +212,7 @@ async fn serve(args: Args, secrets: Vec<Vec<u8>>) -> Result<()> {
         connections: Default::default(),
         next_conn: std::sync::atomic::AtomicU64::new(1),
         conns: Default::default(),
+        handlers: Default::default(),
     });
     tokio::spawn(app.clone().poll_status());
     tokio::spawn(feed.follow(sidecar));
@@ -243,8 +255,19 @@ async fn serve(args: Args, secrets: Vec<Vec<u8>>) -> Result<()> {
         cove_pty::protocol::close::WORKSPACE_STOPPING,
         "the workspace is stopping",
     );
+    let closed = std::time::Instant::now();
+    let open = app.handlers.count();
     terms.shutdown().await;
-    // Give writers a moment to deliver the close frames.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Every handler ends once its client has answered the close (conn.rs):
+    // the close frames are then delivered. Each client gets HANDLERS_GRACE
+    // from the close, the terminals' shutdown included.
+    let left = HANDLERS_GRACE.saturating_sub(closed.elapsed());
+    if !app.handlers.wait(left).await {
+        tracing::warn!(
+            open,
+            left = app.handlers.count(),
+            "stopping without the closing handshake of every connection"
+        );
+    }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The server: shared state, the upgrade checks (§2.3), the workspace
-//! status poller (§11) and the admin endpoints (§17).
+//! status poller (§11), the admin endpoints (§17), and the connection
+//! handlers a stop waits for ([`Handlers`]).
 
 use crate::activity::{now_ms, Activity};
 use crate::changes::Feed;
@@ -48,6 +49,65 @@ pub struct App {
     pub next_conn: AtomicU64,
     /// Open connections, to close them all on stop or fencing.
     pub conns: Mutex<HashMap<u64, crate::outbox::Outbox>>,
+    /// Every connection's handler, from the upgrade to its end.
+    pub handlers: Handlers,
+}
+
+/// The IDE socket's connection handlers that are still running. A stop
+/// closes every connection (4004, through its outbox) and then waits here
+/// until their handlers have finished the closing handshake, as
+/// mini-redis's server waits for its handlers to drop their completion
+/// senders, instead of sleeping and hoping the close frames went out.
+pub struct Handlers {
+    running: tokio::sync::watch::Sender<usize>,
+}
+
+impl Default for Handlers {
+    fn default() -> Self {
+        Handlers {
+            running: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+/// Counts one handler while it lives (also when its task is dropped).
+struct Running(tokio::sync::watch::Sender<usize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+impl Handlers {
+    /// `f`, counted as a running handler from now until it ends.
+    pub fn track<F: std::future::Future>(
+        &self,
+        f: F,
+    ) -> impl std::future::Future<Output = F::Output> {
+        self.running.send_modify(|n| *n += 1);
+        let running = Running(self.running.clone());
+        async move {
+            let _running = running;
+            f.await
+        }
+    }
+
+    /// How many handlers are running.
+    pub fn count(&self) -> usize {
+        *self.running.borrow()
+    }
+
+    /// Waits until no handler runs, `limit` at most; whether they all
+    /// ended. (A client that never answers the close holds its handler
+    /// until the heartbeat gives up on it; a stop does not wait that long.)
+    pub async fn wait(&self, limit: Duration) -> bool {
+        let mut rx = self.running.subscribe();
+        let all_ended = async move { rx.wait_for(|n| *n == 0).await.is_ok() };
+        tokio::time::timeout(limit, all_ended)
+            .await
+            .unwrap_or(false)
+    }
 }
 
 fn reject(status: StatusCode, code: &str, message: &str, extra: Option<Value>) -> Response {
@@ -111,7 +171,7 @@ async fn ws_upgrade(State(app): State<Arc<App>>, req: Request<axum::body::Body>)
     ws.protocols([protocol::SUBPROTOCOL])
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes)
-        .on_upgrade(move |socket| crate::conn::run(app, socket))
+        .on_upgrade(move |socket| app.handlers.track(crate::conn::run(app.clone(), socket)))
 }
 
 type Rejection = (StatusCode, &'static str, String, Option<Value>);
@@ -356,5 +416,37 @@ impl App {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stop_waits_for_every_handler_and_no_longer_than_its_limit() {
+        let handlers = Handlers::default();
+        assert!(
+            handlers.wait(Duration::from_millis(1)).await,
+            "none to wait for"
+        );
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let quick = tokio::spawn(handlers.track(async move {
+            let _ = done_rx.await;
+        }));
+        let stuck = tokio::spawn(handlers.track(std::future::pending::<()>()));
+        assert_eq!(handlers.count(), 2);
+        // One handler never ends: the wait gives up at its limit.
+        let t0 = std::time::Instant::now();
+        assert!(!handlers.wait(Duration::from_millis(50)).await);
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+        // A handler's task cut short still counts as ended.
+        stuck.abort();
+        let _ = stuck.await;
+        assert_eq!(handlers.count(), 1);
+        let _ = done_tx.send(());
+        assert!(handlers.wait(Duration::from_secs(5)).await);
+        quick.await.unwrap();
+        assert_eq!(handlers.count(), 0);
     }
 }

@@ -1,27 +1,23 @@
-//! Terminals: PTYs, their processes, emulators, attachments and flow control
-//! (protocol.md §6 and §7).
+//! Terminals: the workspace's registry of terminal sessions and the
+//! requests on them (protocol.md §6): create (PTY, process, emulator),
+//! attach, detach, resize, input, ack, close, and the workspace-wide
+//! events (`term.created`, `term.closed`, `term.exited`).
 //!
-//! A terminal belongs to the workspace, not to a connection. Per terminal
-//! one task reads the PTY into a ring of the last `window + 64 KiB` bytes
-//! and pumps output to each attachment within its window of unacknowledged
-//! bytes. The emulator runs on a thread of its own, beside the reader: it
-//! costs more CPU per byte than everything else together, and with it in
-//! the read loop a flood was read at half the PTY's rate. Snapshots are
-//! taken at the emulator's offset, which the reader never lets fall more
-//! than a window behind, so the ring always still holds what follows it. When every attachment is a full window
-//! behind, the task stops reading: the kernel's PTY buffer fills and the
-//! child blocks in write(2). That is the only bound needed: memory per
-//! terminal is the ring plus the emulator, whatever the clients do.
+//! A terminal belongs to the workspace, not to a connection: a connection
+//! that goes only ends its attachments. One terminal's I/O and flow
+//! control (the PTY reader, the input writer, the emulator thread,
+//! snapshots, the window per attachment; §7) are in terminal/io.rs, whose
+//! tasks [`Terminals::create`] starts.
 
 use crate::outbox::Outbox;
 use crate::protocol::{self, ApiError, ApiResult, Code, Exit, Limits};
 use crate::reaper::{self, Reaper};
-use crate::screen::{incomplete_suffix, Emulator};
+use crate::screen::Emulator;
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,8 +25,8 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, Notify};
 
-const FRAME_MAX: usize = 64 << 10;
-const SNAPSHOT_CHUNK: usize = 1 << 20;
+mod io;
+
 /// How far back a snapshot may start to avoid cutting a sequence (§6.5).
 const SEQUENCE_LOOKBACK: u64 = 64 << 10;
 /// SIGHUP first, SIGKILL after this (§6.4).
@@ -139,28 +135,6 @@ pub struct CreateRequest {
     pub rows: u16,
     pub name: String,
     pub attach: bool,
-}
-
-fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let fl = fcntl(fd, FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
-    fcntl(
-        fd,
-        FcntlArg::F_SETFL(OFlag::from_bits_truncate(fl) | OFlag::O_NONBLOCK),
-    )
-    .map_err(std::io::Error::from)?;
-    Ok(())
-}
-
-fn set_winsize(fd: &OwnedFd, rows: u16, cols: u16) {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads one winsize struct that outlives the call.
-    unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
 }
 
 impl Terminals {
@@ -328,7 +302,7 @@ impl Terminals {
                 other => spawn_err(std::io::Error::other(other)),
             })?;
         let fd: OwnedFd = pty.into();
-        set_nonblocking(&fd).map_err(spawn_err)?;
+        io::set_nonblocking(&fd).map_err(spawn_err)?;
         // SAFETY: an OwnedFd is a valid descriptor that stays open, and refers to
         // the same file, for as long as the AsyncFd owns it.
         let afd = unsafe { AsyncFd::register(fd) }
@@ -376,42 +350,17 @@ impl Terminals {
             input_cap: limits.input_buffer_bytes,
         });
         // The emulator thread ends when the terminal (its sender) is dropped.
-        let weak = Arc::downgrade(&t);
-        std::thread::Builder::new()
-            .name(format!("emu-{id}"))
-            .spawn(move || {
-                while let Ok(first) = emu_rx.recv() {
-                    // Take everything queued at once: one lock and one
-                    // wake-up of the reader per batch, not per read.
-                    let mut batch = vec![first];
-                    while let Ok(more) = emu_rx.try_recv() {
-                        batch.push(more);
-                    }
-                    {
-                        let mut e = emu.lock();
-                        for chunk in &batch {
-                            e.emu.process(chunk);
-                            e.offset += chunk.len() as u64;
-                        }
-                    }
-                    // The reader may wait for the emulator to catch up.
-                    match weak.upgrade() {
-                        Some(t) => t.gate.notify_one(),
-                        None => break,
-                    }
-                }
-            })
-            .map_err(|e| {
-                // No emulator, no terminal: do not leave its process behind.
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::SIGKILL,
-                );
-                ApiError::new(
-                    Code::Internal,
-                    format!("cannot start the terminal's emulator thread: {e}"),
-                )
-            })?;
+        io::spawn_emulator(id, emu, emu_rx, Arc::downgrade(&t)).map_err(|e| {
+            // No emulator, no terminal: do not leave its process behind.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::SIGKILL,
+            );
+            ApiError::new(
+                Code::Internal,
+                format!("cannot start the terminal's emulator thread: {e}"),
+            )
+        })?;
         self.inner.lock().terms.insert(id, t.clone());
         if req.attach {
             let mut s = t.st.lock();
@@ -441,16 +390,16 @@ impl Terminals {
             Some(out.conn),
         );
         self.update_gauges();
-        tokio::spawn(reader(self.clone(), t.clone()));
+        tokio::spawn(io::reader(self.clone(), t.clone()));
         // The writer holds no reference to the terminal: dropping the terminal
         // drops the input sender, which ends the writer.
-        tokio::spawn(writer(
+        tokio::spawn(io::writer(
             t.pty.clone(),
             t.input_queued.clone(),
             input_rx,
             self.metrics.clone(),
         ));
-        tokio::spawn(lifecycle(self.clone(), t.clone(), exit_rx));
+        tokio::spawn(io::lifecycle(self.clone(), t.clone(), exit_rx));
         Ok(())
     }
 
@@ -458,7 +407,7 @@ impl Terminals {
     pub fn attach(&self, id: u32, out: &Outbox, reply_id: u64) -> ApiResult<()> {
         let t = self.get(id)?;
         let mut s = t.st.lock();
-        let (off, snap) = snapshot(&s, &t.emu.lock());
+        let (off, snap) = io::snapshot(&s, &t.emu.lock());
         if !s.atts.contains_key(&out.conn) {
             s.order.push(out.conn);
         }
@@ -482,8 +431,8 @@ impl Terminals {
             reply_id,
             json!({"terminal": t.info_locked(&s), "offset": off, "responder": responder}),
         ));
-        send_snapshot(t.id, out, off, &snap);
-        pump(&mut s, &t.emu, t.id, out.conn, t.window);
+        io::send_snapshot(t.id, out, off, &snap);
+        io::pump(&mut s, &t.emu, t.id, out.conn, t.window);
         drop(s);
         t.gate.notify_one();
         Ok(())
@@ -509,7 +458,7 @@ impl Terminals {
         }
         s.cols = cols;
         s.rows = rows;
-        set_winsize(t.pty.get_ref(), rows, cols);
+        io::set_winsize(t.pty.get_ref(), rows, cols);
         t.emu.lock().emu.resize(rows, cols);
         let msg =
             json!({"type": "term.resized", "terminal": id, "cols": cols, "rows": rows}).to_string();
@@ -585,7 +534,7 @@ impl Terminals {
             return true;
         }
         a.acked = offset;
-        pump(&mut s, &t.emu, t.id, conn, t.window);
+        io::pump(&mut s, &t.emu, t.id, conn, t.window);
         drop(s);
         t.gate.notify_one();
         true
@@ -651,93 +600,6 @@ fn not_attached(id: u32) -> ApiError {
         .with(json!({ "terminal": id }))
 }
 
-/// A snapshot and the offset it stands at: where the emulator is, or the
-/// start of a sequence it has only partly seen there.
-fn snapshot(s: &State, e: &EmuState) -> (u64, Vec<u8>) {
-    // The ring holds [ring_start, end); the emulator is at most a window
-    // behind `end`, so the lookback before its offset is still there.
-    let at = e.offset.clamp(s.ring_start, s.end);
-    let keep = (at - s.ring_start).min(SEQUENCE_LOOKBACK) as usize;
-    let to = (at - s.ring_start) as usize;
-    let tail: Vec<u8> = s.ring.range(to - keep..to).copied().collect();
-    let off = match incomplete_suffix(&tail) {
-        Some(b) => at - (tail.len() - b) as u64,
-        None => at,
-    };
-    (off, e.emu.snapshot())
-}
-
-fn send_snapshot(id: u32, out: &Outbox, off: u64, snap: &[u8]) {
-    let chunks: Vec<&[u8]> = if snap.is_empty() {
-        vec![&[][..]]
-    } else {
-        snap.chunks(SNAPSHOT_CHUNK).collect()
-    };
-    let n = chunks.len();
-    for (i, c) in chunks.into_iter().enumerate() {
-        let mut flags = 0;
-        if i == 0 {
-            flags |= protocol::FLAG_START;
-        }
-        if i + 1 == n {
-            flags |= protocol::FLAG_END;
-        }
-        out.binary(protocol::encode_frame(
-            protocol::KIND_SNAPSHOT,
-            flags,
-            id,
-            off,
-            c,
-        ));
-    }
-}
-
-/// Sends one attachment what its window allows (§7 F1, F5).
-fn pump(s: &mut State, emu: &Mutex<EmuState>, id: u32, conn: u64, window: u64) {
-    let ring_start = s.ring_start;
-    let end = s.end;
-    let Some(a) = s.atts.get(&conn) else { return };
-    let (mut sent, acked, lagging) = (a.sent, a.acked, a.lagging);
-    if sent < ring_start || lagging {
-        // The bytes it needs are gone. Once it has processed what it has,
-        // a snapshot puts its screen right again.
-        if acked >= sent {
-            let (off, snap) = snapshot(s, &emu.lock());
-            let out = s.atts[&conn].out.clone();
-            send_snapshot(id, &out, off, &snap);
-            if let Some(a) = s.atts.get_mut(&conn) {
-                a.sent = off;
-                a.acked = off;
-                a.lagging = false;
-            }
-            sent = off;
-        } else {
-            if let Some(a) = s.atts.get_mut(&conn) {
-                a.lagging = true;
-            }
-            return;
-        }
-    }
-    let acked = s.atts[&conn].acked;
-    let limit = end.min(acked + window);
-    let out = s.atts[&conn].out.clone();
-    while sent < limit {
-        let n = ((limit - sent) as usize).min(FRAME_MAX);
-        let from = (sent - s.ring_start) as usize;
-        let mut frame = Vec::with_capacity(protocol::HEADER_LEN + n);
-        frame.push(protocol::KIND_OUTPUT);
-        frame.push(0);
-        frame.extend_from_slice(&id.to_be_bytes());
-        frame.extend_from_slice(&sent.to_be_bytes());
-        frame.extend(s.ring.range(from..from + n));
-        out.binary(frame);
-        sent += n as u64;
-    }
-    if let Some(a) = s.atts.get_mut(&conn) {
-        a.sent = sent;
-    }
-}
-
 impl Terminal {
     fn info_locked(&self, s: &State) -> TerminalInfo {
         TerminalInfo {
@@ -783,185 +645,4 @@ impl Terminal {
         drop(s);
         self.gate.notify_one();
     }
-
-    /// §7 F3: read while nobody is attached or someone has window left,
-    /// and while the emulator is less than a window behind.
-    fn may_read(&self, s: &State) -> bool {
-        let emu_behind = s.end - self.emu.lock().offset.min(s.end);
-        emu_behind < self.window
-            && (s.atts.is_empty()
-                || s.atts
-                    .values()
-                    .any(|a| s.end - a.acked.min(s.end) < self.window))
-    }
-}
-
-async fn reader(terms: Arc<Terminals>, t: Arc<Terminal>) {
-    let mut buf = vec![0u8; FRAME_MAX];
-    loop {
-        // Wait for the gate without losing a wake-up between check and wait.
-        loop {
-            let notified = t.gate.notified();
-            {
-                let mut s = t.st.lock();
-                if s.closing && s.exit.is_some() {
-                    return;
-                }
-                let ok = t.may_read(&s);
-                if ok == s.paused {
-                    s.paused = !ok;
-                    terms
-                        .metrics
-                        .terminals_paused
-                        .inc_by(if ok { -1 } else { 1 });
-                }
-                if ok {
-                    break;
-                }
-            }
-            notified.await;
-        }
-        let r = loop {
-            let mut guard = match t.pty.readable().await {
-                Ok(g) => g,
-                Err(e) => break Err(e),
-            };
-            match guard.try_io(|fd| {
-                // SAFETY: reads into a buffer we own, of its length.
-                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-                if n < 0 {
-                    Err(std::io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            }) {
-                Ok(r) => break r,
-                Err(_would_block) => continue,
-            }
-        };
-        let n = match r {
-            Ok(0) | Err(_) => break, // EIO: every slave descriptor is closed
-            Ok(n) => n,
-        };
-        terms
-            .metrics
-            .terminal_bytes
-            .get_or_create(&crate::metrics::DirLabel {
-                dir: "output".into(),
-            })
-            .inc_by(n as u64);
-        terms.activity.touch_output();
-        let mut s = t.st.lock();
-        let data = &buf[..n];
-        // A send fails only if the emulator thread is gone (terminal dropped).
-        let _ = t.emu_tx.send(data.to_vec());
-        s.ring.extend(data);
-        s.end += n as u64;
-        if s.ring.len() > t.ring_cap {
-            let drop_n = s.ring.len() - t.ring_cap;
-            s.ring.drain(..drop_n);
-            s.ring_start += drop_n as u64;
-        }
-        let conns: Vec<u64> = s.atts.keys().copied().collect();
-        for c in conns {
-            pump(&mut s, &t.emu, t.id, c, t.window);
-        }
-    }
-    {
-        let mut s = t.st.lock();
-        s.eof = true;
-        if s.paused {
-            s.paused = false;
-            terms.metrics.terminals_paused.dec();
-        }
-    }
-    maybe_exited(&terms, &t);
-}
-
-async fn writer(
-    pty: Arc<AsyncFd<OwnedFd>>,
-    queued: Arc<AtomicUsize>,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
-    metrics: Arc<crate::metrics::Metrics>,
-) {
-    let mut broken = false;
-    while let Some(data) = rx.recv().await {
-        let len = data.len();
-        let mut off = 0;
-        while off < data.len() && !broken {
-            let mut guard = match pty.writable().await {
-                Ok(g) => g,
-                Err(_) => {
-                    broken = true;
-                    break;
-                }
-            };
-            match guard.try_io(|fd| {
-                // SAFETY: writes from a buffer we own, within its length.
-                let n = unsafe {
-                    libc::write(
-                        fd.as_raw_fd(),
-                        data[off..].as_ptr().cast(),
-                        data.len() - off,
-                    )
-                };
-                if n < 0 {
-                    Err(std::io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            }) {
-                Ok(Ok(n)) => off += n,
-                Ok(Err(_)) => broken = true,
-                Err(_would_block) => continue,
-            }
-        }
-        metrics
-            .terminal_bytes
-            .get_or_create(&crate::metrics::DirLabel {
-                dir: "input".into(),
-            })
-            .inc_by(off as u64);
-        queued.fetch_sub(len, Ordering::Relaxed);
-    }
-}
-
-/// Waits for the leader's exit, then hangs up what is left of its session.
-async fn lifecycle(
-    terms: Arc<Terminals>,
-    t: Arc<Terminal>,
-    exit_rx: tokio::sync::oneshot::Receiver<Exit>,
-) {
-    let exit = exit_rx.await.unwrap_or(Exit {
-        code: None,
-        signal: Some("SIGKILL"),
-    });
-    t.st.lock().exit = Some(exit);
-    t.exit_notify.notify_waiters();
-    t.gate.notify_one();
-    terms.update_gauges();
-    reaper::kill_session(t.pid, KILL_GRACE).await;
-    // A process that left the session can keep the PTY open forever; the
-    // exit is reported anyway after a grace period.
-    for _ in 0..20 {
-        if t.st.lock().eof {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    t.st.lock().eof = true;
-    maybe_exited(&terms, &t);
-}
-
-fn maybe_exited(terms: &Terminals, t: &Terminal) {
-    let msg = {
-        let mut s = t.st.lock();
-        let Some(exit) = s.exit else { return };
-        if !s.eof || s.exited_sent {
-            return;
-        }
-        s.exited_sent = true;
-        json!({"type": "term.exited", "terminal": t.id, "exit": exit, "end_offset": s.end})
-    };
-    terms.broadcast(&msg, None);
 }

@@ -380,6 +380,40 @@ async fn stopping_ends_every_session_and_leaves_no_zombies() {
     assert!(zombie_children(pid).is_empty());
 }
 
+/// A stop waits for its clients to answer the close, so the 4004 arrives
+/// (not a reset), and no longer: with clients that answer, it exits at
+/// once instead of after its 5 s limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_waits_for_the_closing_handshake_and_no_longer() {
+    let mut ws = Workspace::start(&[]);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c = ws.connect().await;
+        clients.push(tokio::spawn(async move {
+            c.wait_close(Duration::from_secs(10)).await
+        }));
+    }
+    let mut pty = ws.pty.take().unwrap();
+    let t0 = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pty.id() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
+    let st = tokio::task::spawn_blocking(move || pty.wait().unwrap())
+        .await
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(st.success(), "{st:?}");
+    for c in clients {
+        assert_eq!(c.await.unwrap(), Some(4004));
+    }
+    assert!(
+        took < Duration::from_secs(3),
+        "the stop took {took:?}: it waited for handlers that had ended"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_client_gets_a_snapshot_and_input_to_a_stuck_child_is_bounded() {
     let ws = Workspace::start(&[]);
