@@ -90,7 +90,9 @@ impl Workspace {
                 ])
                 .args(extra)
                 .env("COVE_TOKEN_SECRET", SECRET)
-                .env("PS1", "$ "),
+                .env("PS1", "$ ")
+                // The tests read its warnings in its log.
+                .env("RUST_LOG", "cove_pty=info"),
         );
         let line = pty.wait_line("listening", START);
         let get = |k: &str| {
