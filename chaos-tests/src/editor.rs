@@ -6,25 +6,30 @@
 use crate::content;
 use crate::manifest::{self, now_ms, Op, Phase, Rec};
 use crate::workspace::ORIGIN;
-use anyhow::{bail, Context, Result};
-use futures::{SinkExt, StreamExt};
+use anyhow::{Context, Result};
+use cove_pty::client::{Client, ClientError, Connect};
+use cove_pty::protocol::{FsMkdir, FsRead, FsWrite, Request, WriteEncoding};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
+use std::time::Duration;
 
 pub const FILES: u64 = 3;
 
-pub type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// A connection to a workspace's cove-pty.
+pub type Ws = Client;
+
+/// How long one request may take before the harness calls it lost.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connects to a cove-pty the harness started itself.
 pub async fn connect(ide: &str, token: &str) -> Result<Ws> {
-    Ok(connect_url(&format!("ws://{ide}/ws"), None, ORIGIN, token)
-        .await?
-        .0)
+    Connect::new(ide, token, ORIGIN)
+        .client("cove-chaos")
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {ide}"))
 }
 
 /// Connects to an IDE socket URL and says hello; returns the socket and
@@ -37,72 +42,22 @@ pub async fn connect_url(
     origin: &str,
     token: &str,
 ) -> Result<(Ws, Value)> {
-    let mut req = url.into_client_request()?;
-    let h = req.headers_mut();
-    h.insert("origin", origin.parse()?);
-    h.insert(
-        "sec-websocket-protocol",
-        format!("cove.v1, cove.token.{token}").parse()?,
-    );
-    let (mut ws, _) = match via {
-        Some(addr) => {
-            let tcp = tokio::net::TcpStream::connect(addr)
-                .await
-                .with_context(|| format!("connecting to {addr}"))?;
-            tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
-                .await
-                .with_context(|| format!("opening {url} through {addr}"))?
-        }
-        None => tokio_tungstenite::connect_async(req)
-            .await
-            .with_context(|| format!("opening {url}"))?,
-    };
-    ws.send(Message::Text(
-        json!({"type":"hello","id":1,"protocol":1})
-            .to_string()
-            .into(),
-    ))
-    .await?;
-    let hello = next(&mut ws, |v| v["id"] == 1).await?;
-    if !hello["result"].is_object() {
-        bail!("hello refused: {hello}");
-    }
-    Ok((ws, hello["result"].clone()))
-}
-
-/// The next JSON message that `pred` accepts (others are skipped).
-async fn next(ws: &mut Ws, pred: impl Fn(&Value) -> bool) -> Result<Value> {
-    loop {
-        let Some(m) = ws.next().await else {
-            bail!("connection closed");
-        };
-        if let Message::Text(t) = m? {
-            let v: Value = serde_json::from_str(&t)?;
-            if pred(&v) {
-                return Ok(v);
-            }
-        }
-    }
-}
-
-pub async fn request(ws: &mut Ws, id: u64, mut req: Value) -> Result<Value> {
-    req["id"] = json!(id);
-    ws.send(Message::Text(req.to_string().into())).await?;
-    next(ws, |v| v["id"] == id).await
+    let c = Connect::url(url, token, origin)
+        .via(via)
+        .client("cove-chaos")
+        .connect()
+        .await
+        .with_context(|| format!("opening {url}"))?;
+    let welcome = c.welcome.clone();
+    Ok((c, welcome))
 }
 
 /// Starts the worker in a terminal (a process of the workspace, killed
 /// with it).
 pub async fn start_worker(ws: &mut Ws, command: Vec<String>) -> Result<()> {
-    let r = request(
-        ws,
-        2,
-        json!({"type":"term.create","cols":80,"rows":24,"attach":false,"command":command}),
-    )
-    .await?;
-    if !r["result"]["terminal"]["id"].is_u64() {
-        bail!("term.create refused: {r}");
-    }
+    ws.create_terminal(json!({"attach": false, "command": command}))
+        .await
+        .context("term.create of the worker")?;
     Ok(())
 }
 
@@ -141,13 +96,27 @@ pub async fn save_loop(
         count: 0,
         cycle,
     };
-    if request(&mut ws, 3, json!({"type":"fs.mkdir","path":"ed"}))
-        .await
-        .is_err()
-    {
-        return;
+    // `fs.durable` of a save answered `durable: false` (§9.6): its Done.
+    let settle = |ws: &mut Ws, pending: &mut HashMap<u64, (String, u64)>| {
+        for ev in std::mem::take(&mut ws.events) {
+            if ev["type"] == "fs.durable" {
+                if let Some((l, pv)) = ev["request"].as_u64().and_then(|r| pending.remove(&r)) {
+                    push(rec(Phase::Done, &l, pv, true));
+                }
+            }
+        }
+    };
+    let mkdir = Request::FsMkdir(FsMkdir {
+        path: "ed".into(),
+        parents: None,
+    });
+    // `already_exists` after the first cycle; only a lost connection ends
+    // the loop.
+    if let Err(e) = ws.call(mkdir).await {
+        if !matches!(e, ClientError::Server(_)) {
+            return;
+        }
     }
-    let mut id = 10u64;
     let mut burst = 0;
     let mut k = 0;
     loop {
@@ -159,14 +128,21 @@ pub async fn save_loop(
         burst -= 1;
         let lineage = format!("e{k}");
         let path = format!("ed/{lineage}");
-        id += 1;
         if !versions.contains_key(&lineage) {
-            let Ok(r) = request(&mut ws, id, json!({"type":"fs.read","path":path})).await else {
-                return;
+            let read = Request::FsRead(FsRead {
+                path: path.clone(),
+                encoding: None,
+            });
+            let r = match ws.call(read).await {
+                Ok(r) => r,
+                // Not there yet (a save of a new file), or refused: the
+                // write's conflict then says which version it has.
+                Err(ClientError::Server(_)) => json!({ "version": null }),
+                Err(_) => return,
             };
-            versions.insert(lineage.clone(), r["result"]["version"].clone());
-            id += 1;
+            versions.insert(lineage.clone(), r["version"].clone());
         }
+        settle(&mut ws, &mut pending);
         let v = {
             let Ok(mut m) = next_version.lock() else {
                 return;
@@ -179,47 +155,34 @@ pub async fn save_loop(
             String::from_utf8_lossy(&content::make(&lineage, v, rng.random_range(0..30_000)))
                 .into_owned();
         push(rec(Phase::Begin, &lineage, v, false));
-        let req = json!({"type":"fs.write","path":path,"content":text,"encoding":"utf8",
-            "base_version": versions[&lineage]});
-        if ws
-            .send(Message::Text({
-                let mut r = req;
-                r["id"] = json!(id);
-                r.to_string().into()
-            }))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        // The result, taking any fs.durable that arrives first.
-        let r = loop {
-            let Some(Ok(m)) = ws.next().await else { return };
-            let Message::Text(t) = m else { continue };
-            let Ok(val) = serde_json::from_str::<Value>(&t) else {
-                continue;
-            };
-            if val["type"] == "fs.durable" {
-                if let Some((l, pv)) = val["request"].as_u64().and_then(|r| pending.remove(&r)) {
-                    push(rec(Phase::Done, &l, pv, true));
-                }
-                continue;
-            }
-            if val["id"] == id {
-                break val;
-            }
+        let write = Request::FsWrite(FsWrite {
+            path,
+            content: text,
+            encoding: WriteEncoding::Utf8,
+            base_version: versions[&lineage].as_str().map(str::to_string),
+            parents: None,
+        });
+        let id = match ws.send_request(write.to_message(0)).await {
+            Ok(id) => id,
+            Err(_) => return,
         };
-        if r["result"].is_object() {
-            versions.insert(lineage.clone(), r["result"]["version"].clone());
-            let durable = r["result"]["durable"] == true;
-            push(rec(Phase::Done, &lineage, v, durable));
-            if !durable {
-                pending.insert(id, (lineage.clone(), v));
+        // The result; any fs.durable that arrives first waits in events.
+        match ws.answer(id, "fs.write", REQUEST_TIMEOUT).await {
+            Ok(r) => {
+                versions.insert(lineage.clone(), r["version"].clone());
+                let durable = r["durable"] == true;
+                push(rec(Phase::Done, &lineage, v, durable));
+                if !durable {
+                    pending.insert(id, (lineage.clone(), v));
+                }
             }
-        } else {
             // A conflict (or anything else): read the version again.
-            versions.remove(&lineage);
+            Err(ClientError::Server(_)) => {
+                versions.remove(&lineage);
+            }
+            Err(_) => return,
         }
+        settle(&mut ws, &mut pending);
         tokio::time::sleep(std::time::Duration::from_millis(rng.random_range(0..40))).await;
     }
 }

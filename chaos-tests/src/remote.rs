@@ -39,7 +39,7 @@ use crate::ledger::Ledger;
 use crate::manifest::{self, Phase, Rec, TERMINAL_MARK};
 use crate::report::Violation;
 use anyhow::{bail, Context, Result};
-use futures::{SinkExt, StreamExt};
+use cove_pty::client::{ClientError, Incoming};
 use k8s_openapi::api::core::v1::Pod;
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -50,7 +50,6 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
 
 /// What controller mode needs; kept in run.json for `--resume`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -480,16 +479,6 @@ impl Fault {
     }
 }
 
-fn frame(kind: u8, term: u32, offset: u64, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(14 + payload.len());
-    f.push(kind);
-    f.push(0);
-    f.extend_from_slice(&term.to_be_bytes());
-    f.extend_from_slice(&offset.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
 /// Reads the worker's records from its terminal (`ws`, attached to
 /// `term`) into the lane's manifest, answers each `begin` with a `k` once
 /// it is written, and acknowledges the output (protocol.md §7). Other
@@ -497,7 +486,7 @@ fn frame(kind: u8, term: u32, offset: u64, payload: &[u8]) -> Vec<u8> {
 async fn pump(
     mut ws: Ws,
     term: u32,
-    early: Vec<bytes::Bytes>,
+    early: Vec<Incoming>,
     writer: Arc<Mutex<manifest::Writer>>,
     noise: PathBuf,
 ) -> Result<()> {
@@ -508,22 +497,28 @@ async fn pump(
         .open(noise)?;
     let mut early = early.into_iter();
     loop {
-        let b = match early.next() {
-            Some(b) => b,
-            None => match ws.next().await {
-                Some(Ok(Message::Binary(b))) => b,
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(e.into()),
-                None => return Ok(()),
+        let m = match early.next() {
+            Some(m) => m,
+            None => match ws.recv().await {
+                Ok(m) => m,
+                // The kill: the pump's work is done.
+                Err(ClientError::Closed { .. }) => return Ok(()),
+                Err(e) => return Err(e.into()),
             },
         };
-        if b.len() < 14 || b[0] != 1 || u32::from_be_bytes([b[2], b[3], b[4], b[5]]) != term {
+        let Incoming::Output {
+            terminal,
+            offset,
+            data,
+        } = m
+        else {
+            continue;
+        };
+        if terminal != term {
             continue;
         }
-        let mut off = [0u8; 8];
-        off.copy_from_slice(&b[6..14]);
-        let end = u64::from_be_bytes(off) + (b.len() - 14) as u64;
-        buf.extend_from_slice(&b[14..]);
+        let end = offset + data.len() as u64;
+        buf.extend_from_slice(&data);
         let mut acks = 0;
         while let Some(i) = buf.iter().position(|&c| c == b'\n') {
             let line: Vec<u8> = buf.drain(..=i).collect();
@@ -549,36 +544,32 @@ async fn pump(
             }
         }
         if acks > 0 {
-            ws.send(Message::Binary(
-                frame(3, term, 0, &b"k".repeat(acks)).into(),
-            ))
-            .await?;
+            ws.input(term, &b"k".repeat(acks)).await?;
         }
-        ws.send(Message::Binary(frame(4, term, end, &[]).into()))
-            .await?;
+        ws.ack(term, end).await?;
     }
 }
 
 /// `term.create` of the worker, attached. Output may come before the
 /// result (protocol.md §4.4): it is kept for the pump.
-async fn create_terminal(ws: &mut Ws, command: Vec<String>) -> Result<(u32, Vec<bytes::Bytes>)> {
-    let req =
-        json!({"type":"term.create","id":2,"cols":200,"rows":50,"attach":true,"command":command});
-    ws.send(Message::Text(req.to_string().into())).await?;
+async fn create_terminal(ws: &mut Ws, command: Vec<String>) -> Result<(u32, Vec<Incoming>)> {
+    let id = ws
+        .send_request(
+            json!({"type":"term.create","cols":200,"rows":50,"attach":true,"command":command}),
+        )
+        .await?;
     let mut early = Vec::new();
     loop {
-        match ws.next().await.context("connection closed")?? {
-            Message::Binary(b) => early.push(b),
-            Message::Text(t) => {
-                let v: Value = serde_json::from_str(&t)?;
-                if v["id"] == 2 {
-                    let id = v["result"]["terminal"]["id"]
-                        .as_u64()
-                        .with_context(|| format!("term.create refused: {v}"))?;
-                    return Ok((id as u32, early));
-                }
+        match ws.recv().await? {
+            Incoming::Json(v) if v["id"] == id => {
+                let t = v["result"]["terminal"]["id"]
+                    .as_u64()
+                    .and_then(|t| u32::try_from(t).ok())
+                    .with_context(|| format!("term.create refused: {v}"))?;
+                return Ok((t, early));
             }
-            _ => {}
+            Incoming::Json(_) => {}
+            frame => early.push(frame),
         }
     }
 }
@@ -865,13 +856,6 @@ mod tests {
         };
         assert_eq!(killer.kill("my-app-k3x9qa").await.unwrap(), 1);
         server.await.unwrap();
-    }
-
-    #[test]
-    fn frames_follow_the_protocol() {
-        let f = frame(4, 3, 0x0102, &[]);
-        assert_eq!(f, [4, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 1, 2]);
-        assert_eq!(frame(3, 1, 0, b"k")[14..], *b"k");
     }
 
     #[test]
