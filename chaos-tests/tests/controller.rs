@@ -8,28 +8,19 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+/// The binaries' directory, when everything this test needs is here:
+/// root and /dev/fuse and the workspace's binaries. Skipped otherwise,
+/// except under CI (cove_testkit::require).
 fn ready() -> Option<PathBuf> {
-    let fuse = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .is_ok()
-        && nix::unistd::geteuid().is_root();
+    let fuse = cove_testkit::require_fuse();
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_cove-chaos"))
         .parent()
         .map(Path::to_path_buf)?;
     let bins = ["cove-sync", "cove-pty", "cove-controller"]
         .iter()
         .all(|b| bin_dir.join(b).exists());
-    if !(fuse && bins) {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must run controller mode (root, /dev/fuse, the workspace's binaries built): fuse {fuse}, bins {bins}"
-        );
-        eprintln!("skipping: needs root, /dev/fuse and the workspace's binaries (cargo build --workspace)");
-        return None;
-    }
-    Some(bin_dir)
+    let bins = cove_testkit::require("the workspace's binaries (cargo build --workspace)", bins);
+    (fuse && bins).then_some(bin_dir)
 }
 
 struct Controller(Child);

@@ -7,29 +7,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The binaries' directory, when everything this test needs is here:
+/// root and /dev/fuse, Garage and the workspace's binaries. Skipped otherwise,
+/// except under CI (cove_testkit::require).
 fn ready() -> Option<PathBuf> {
-    let fuse = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .is_ok()
-        && nix::unistd::geteuid().is_root();
-    let s3 = std::env::var("COVE_TEST_S3_ENDPOINT").is_ok();
+    let fuse = cove_testkit::require_fuse();
+    let s3 = cove_testkit::S3Env::from_env().is_some();
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_cove-chaos"))
         .parent()
         .map(Path::to_path_buf)?;
     let bins = ["cove-sync", "cove-pty"]
         .iter()
         .all(|b| bin_dir.join(b).exists());
-    if !(fuse && s3 && bins) {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must run the chaos resume test (root, /dev/fuse, Garage, cove-sync and cove-pty built): fuse {fuse}, s3 {s3}, bins {bins}"
-        );
-        eprintln!("skipping: needs root, /dev/fuse, COVE_TEST_S3_* and the workspace's binaries (run scripts/test.sh)");
-        return None;
-    }
-    Some(bin_dir)
+    let bins = cove_testkit::require("the workspace's binaries (cargo build --workspace)", bins);
+    (fuse && s3 && bins).then_some(bin_dir)
 }
 
 fn lines(p: &Path) -> Vec<serde_json::Value> {
