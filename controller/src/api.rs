@@ -644,6 +644,34 @@ fn request_id(req: &Request) -> String {
         .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()))
 }
 
+/// Headers every answer of the controller's own origin carries (the API
+/// and the UI; api.md §1):
+/// - no page of another site may frame it (`frame-ancestors 'none'`, and
+///   `X-Frame-Options` for older browsers): inside a hostile frame, two
+///   clicks on the projects page deleted a project;
+/// - JSON is never cached (tokens are JSON), unless a handler said
+///   otherwise;
+/// - no content sniffing.
+fn protect(h: &mut header::HeaderMap) {
+    use header::HeaderValue;
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    let json = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if json && !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+}
+
 /// Counts and times every API request by its route pattern.
 async fn observe(
     AxState(c): AxState<Shared>,
@@ -678,6 +706,7 @@ async fn observe(
     if let Ok(v) = header::HeaderValue::from_str(&rid) {
         resp.headers_mut().insert("x-request-id", v);
     }
+    protect(resp.headers_mut());
     if resp.status().is_server_error() {
         span.in_scope(|| tracing::warn!(status = resp.status().as_u16(), "request failed"));
     }

@@ -617,3 +617,46 @@ async fn the_gateway_starts_a_workspace_for_its_preview() {
     let resp = e.app.clone().oneshot(req).await.unwrap();
     assert_eq!(resp.status(), 404, "an unknown host reaches nothing");
 }
+
+/// The answers' headers, for the checks on them.
+async fn headers(app: &Router, method: &str, path: &str) -> axum::http::HeaderMap {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost:7070")
+        .body(Body::empty())
+        .unwrap();
+    let resp = tokio::time::timeout(GUARD, app.clone().oneshot(req))
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path} did not answer"))
+        .unwrap();
+    resp.headers().clone()
+}
+
+/// No other site may frame the controller's pages (clickjacking: two
+/// clicks inside a hostile frame deleted a project), and an answer with a
+/// token is never cached (api.md §1).
+#[tokio::test]
+async fn no_page_can_be_framed_and_tokens_are_not_cached() {
+    let e = env().await;
+    let id = create(&e.app, "Framed").await;
+    for (method, path) in [
+        ("GET", "/".to_string()),
+        ("GET", "/api/projects".to_string()),
+        ("POST", format!("/api/projects/{id}/workspace/start")),
+        ("POST", format!("/api/projects/{id}/workspace/token")),
+        ("GET", "/api/nope".to_string()),
+    ] {
+        let h = headers(&e.app, method, &path).await;
+        let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).unwrap_or("");
+        assert_eq!(get("x-frame-options"), "DENY", "{method} {path}");
+        assert!(
+            get("content-security-policy").contains("frame-ancestors 'none'"),
+            "{method} {path}: {h:?}"
+        );
+        assert_eq!(get("x-content-type-options"), "nosniff", "{method} {path}");
+        if path.starts_with("/api/") {
+            assert_eq!(get("cache-control"), "no-store", "{method} {path}");
+        }
+    }
+}

@@ -45,6 +45,50 @@ pub fn router(ws: Arc<SyncEngine>, restore: Option<Arc<Target>>) -> Router {
         .merge(restoring)
         .fallback(|| async { err(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(not_from_a_browser))
+}
+
+/// The API's callers are cove-pty, the controller and operators' tools,
+/// never a browser. A browser that reaches the port (every page can send
+/// to loopback) is stopped here (sync-api.md "Callers"):
+/// - any request with an `Origin` header: browsers send one on every
+///   cross-site request that is not a plain `GET`, so a page cannot post
+///   to `/restore` or `/flush`, nor read anything with `fetch`;
+/// - a request body that is not `application/json`: the one kind a page
+///   can send without asking (a form's or `text/plain` "simple request")
+///   never parses as a command.
+async fn not_from_a_browser(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if let Some(o) = req.headers().get(header::ORIGIN) {
+        tracing::warn!(origin = ?o, path = %req.uri().path(), "refused a request from a browser");
+        return err(
+            StatusCode::FORBIDDEN,
+            "origin_forbidden",
+            "the control API does not answer browsers",
+        );
+    }
+    let has_body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|n| n != "0")
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if has_body && !json {
+        return err(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "request bodies must be application/json",
+        );
+    }
+    next.run(req).await
 }
 
 #[derive(Deserialize)]

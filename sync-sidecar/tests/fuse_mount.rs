@@ -6,7 +6,7 @@
 mod common;
 
 use common::sidecar::{
-    assert_same, export, http, snapshot, stores, wait_until, Entry, Sidecar, Store,
+    assert_same, export, http, http_with, snapshot, stores, wait_until, Entry, Sidecar, Store,
 };
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -320,6 +320,57 @@ fn the_control_api_reports_and_flushes() {
     let (code, m) = sc.get("/metrics");
     assert_eq!(code, 200);
     assert!(m.contains("cove_sync_commits_total"), "{m}");
+    sc.terminate();
+}
+
+/// Every web page can send requests to loopback. A review rewound a
+/// workspace with a blind cross-site `text/plain` POST to `/restore`; the
+/// API now answers no request that comes from a browser.
+#[test]
+fn the_control_api_answers_no_browser() {
+    let (store, _g) = stores().remove(0);
+    let sc = Sidecar::start(&store, "browser-test", "watch", &[]);
+    let flush = r#"{"paths":[]}"#;
+    // A page's fetch, or a form, sends its Origin.
+    let (code, body) = http_with(
+        &sc.api,
+        "POST",
+        "/flush",
+        &[
+            ("Origin", "https://evil.example"),
+            ("Content-Type", "application/json"),
+        ],
+        flush,
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("origin_forbidden"), "{body}");
+    let (code, _) = http_with(
+        &sc.api,
+        "GET",
+        "/status",
+        &[("Origin", "https://evil.example")],
+        "",
+    );
+    assert_eq!(code, 403);
+    // A "simple request" body (no preflight) is not a command, with or
+    // without an Origin (some clients strip it).
+    for ct in ["text/plain", "application/x-www-form-urlencoded"] {
+        let (code, body) = http_with(
+            &sc.api,
+            "POST",
+            "/restore",
+            &[("Content-Type", ct)],
+            r#"{"commit":"1.1"}"#,
+        );
+        assert_eq!(code, 415, "{ct}: {body}");
+        let (code, _) = http_with(&sc.api, "POST", "/flush", &[("Content-Type", ct)], flush);
+        assert_eq!(code, 415, "{ct}");
+    }
+    // The callers' requests still work: JSON, and an empty flush.
+    let (code, body) = sc.flush(flush);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = http_with(&sc.api, "POST", "/flush", &[], "");
+    assert_eq!(code, 200, "{body}");
     sc.terminate();
 }
 

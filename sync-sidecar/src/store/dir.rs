@@ -5,17 +5,35 @@
 //! crash: the same atomicity S3 gives a PUT. `put_if_absent` uses link(2),
 //! which fails atomically when the name exists, so this store really does
 //! conditional creation.
+//!
+//! The store is private to the user that runs Cove: directories are created
+//! 0700 and objects 0600, whatever the process's umask (cove-sync in FUSE
+//! mode runs with umask 0, so the modes the kernel asks for reach the
+//! cache exactly). Anyone who can write a segment or a checkpoint decides
+//! what a workspace's files contain, so nobody else may.
 
 use super::{check_key, ObjectStore, StoreError, StoreResult};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 const TMP_DIR: &str = ".tmp";
+/// Modes of what the store creates (see the module's doc).
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
+
+/// `mkdir -p` with [`DIR_MODE`] for every directory it creates.
+fn create_dirs(path: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(path)
+}
 
 #[derive(Debug, Clone)]
 pub struct DirStore {
@@ -35,7 +53,7 @@ impl DirStore {
     pub fn open(root: impl AsRef<Path>) -> StoreResult<Self> {
         let root = root.as_ref().to_path_buf();
         let tmp = root.join(TMP_DIR);
-        fs::create_dir_all(&tmp).map_err(|source| StoreError::Io {
+        create_dirs(&tmp).map_err(|source| StoreError::Io {
             key: root.display().to_string(),
             source,
         })?;
@@ -101,7 +119,11 @@ impl Inner {
             self.root
                 .join(TMP_DIR)
                 .join(format!("{}-{:x}-{n}", std::process::id(), self.nonce));
-        let mut f = fs::File::create(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&tmp)?;
         f.write_all(body)?;
         f.sync_all()?;
         Ok(tmp)
@@ -109,7 +131,7 @@ impl Inner {
 
     fn ensure_parent(path: &Path) -> io::Result<()> {
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent)?;
+            create_dirs(parent)?;
         }
         Ok(())
     }
@@ -222,5 +244,42 @@ impl ObjectStore for DirStore {
 
     fn describe(&self) -> String {
         format!("dir:{}", self.inner.root.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Under cove-sync's FUSE umask (0) nothing the store writes may be
+    /// writable, or even readable, by other users: a review rewrote a
+    /// project's checkpoint as another user when segments were 0666 and
+    /// directories 0777.
+    #[tokio::test]
+    async fn objects_and_directories_are_private_under_umask_0() {
+        let d = tempfile::tempdir().unwrap();
+        // The umask is the process's: the mode check below stands whatever
+        // other tests in this binary do meanwhile.
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        let s = DirStore::open(d.path().join("store")).unwrap();
+        s.put("projects/p/log/1/1", Bytes::from_static(b"segment"))
+            .await
+            .unwrap();
+        assert!(s
+            .put_if_absent("blobs/ab/cd", Bytes::from_static(b"blob"))
+            .await
+            .unwrap());
+        nix::sys::stat::umask(old);
+        for e in walkdir::WalkDir::new(d.path().join("store")).min_depth(1) {
+            let e = e.unwrap();
+            let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+            let want = if e.file_type().is_dir() {
+                DIR_MODE
+            } else {
+                FILE_MODE
+            };
+            assert_eq!(mode, want, "{}: {mode:o}", e.path().display());
+        }
     }
 }

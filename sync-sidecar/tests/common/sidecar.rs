@@ -176,15 +176,31 @@ impl Drop for Sidecar {
 
 /// A minimal HTTP/1.1 client: enough for the control API, no extra crates.
 pub fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_with(
+        addr,
+        method,
+        path,
+        &[("Content-Type", "application/json")],
+        body,
+    )
+}
+
+/// [`http`] with exactly these headers (besides Host and Content-Length).
+pub fn http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    write!(s, "{head}Content-Length: {}\r\n\r\n{body}", body.len()).unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     let code = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
