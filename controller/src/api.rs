@@ -35,20 +35,50 @@ pub struct Controller {
     pub idle_timeout: Option<Duration>,
     /// Per project, the turn that changing requests take one after the
     /// other (api.md §1); tokio's mutex queues waiters in arrival order.
-    pub turns: parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub turns: Turns,
     /// The built browser UI, served for the other `GET`s on `host` (§6).
     pub ui: crate::ui::Ui,
 }
 
 pub type Shared = Arc<Controller>;
 
+type Turns = parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+
+/// A project's turn ([`Controller::turn`]). The last one out removes the
+/// project's entry, so requests for ids that never existed leave nothing
+/// behind (the map grew without bound before).
+pub struct Turn<'a> {
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    id: String,
+    turns: &'a Turns,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut turns = self.turns.lock();
+        // Nobody waits or holds it: only the map's own reference is left,
+        // and no one can take another while the map is locked.
+        if turns
+            .get(&self.id)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
+            turns.remove(&self.id);
+        }
+    }
+}
+
 impl Controller {
     /// Waits for `id`'s turn: rename, delete, fork (of it), start, stop and
     /// restore of one project run one at a time, in arrival order. Reads
     /// never wait.
-    pub async fn turn(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    pub async fn turn(&self, id: &str) -> Turn<'_> {
         let m = self.turns.lock().entry(id.to_string()).or_default().clone();
-        m.lock_owned().await
+        Turn {
+            guard: Some(m.lock_owned().await),
+            id: id.to_string(),
+            turns: &self.turns,
+        }
     }
 
     /// Stops `id`'s workspace, in its turn.
@@ -337,7 +367,6 @@ async fn delete_project(
     let _turn = c.turn(&id).await;
     let _ = c.runtime.stop(&id, Some("project deleted".into())).await;
     c.projects.delete(&id).await?;
-    c.turns.lock().remove(&id);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -660,3 +660,32 @@ async fn no_page_can_be_framed_and_tokens_are_not_cached() {
         }
     }
 }
+
+/// Each project's turn lives only while someone holds or waits for it:
+/// requests for ids that do not exist leave nothing behind in the
+/// controller's memory.
+#[tokio::test]
+async fn turns_of_unknown_projects_leave_nothing_behind() {
+    let e = env().await;
+    for i in 0..50 {
+        // A rename takes the turn before it looks the project up.
+        let (s, _) = call(
+            &e.app,
+            "PATCH",
+            &format!("/api/projects/nope-{i:04}"),
+            Some(r#"{"name":"x"}"#),
+        )
+        .await;
+        assert_eq!(s, 404);
+    }
+    let id = create(&e.app, "Kept").await;
+    let (s, _) = call(
+        &e.app,
+        "POST",
+        &format!("/api/projects/{id}/workspace/start"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(e.c.turns.lock().len(), 0, "every turn was given back");
+}
