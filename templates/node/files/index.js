@@ -8,4 +8,5 @@ http
     res.writeHead(200, { "Content-Type": "text/plain; charset=utf-8" });
     res.end(`Hello from Node.js ${process.version} on port ${port}\n`);
   })
-  .listen(port, () => console.log(`listening on http://localhost:${port}`));
+  // Loopback only: the preview reaches it there; the network does not.
+  .listen(port, "127.0.0.1", () => console.log(`listening on http://localhost:${port}`));
