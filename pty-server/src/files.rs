@@ -439,7 +439,9 @@ impl Files {
             &dir,
             name.as_str(),
             OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-            Mode::from_bits_truncate(mode & 0o7777),
+            // Permission bits only: the IDE makes no setuid, setgid or
+            // sticky files.
+            Mode::from_bits_truncate(mode & 0o777),
         )
         .map_err(|e| os_error(e, path))?;
         let st = nix::sys::stat::fstat(&fd).map_err(|e| os_error(e, path))?;

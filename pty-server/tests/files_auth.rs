@@ -246,6 +246,21 @@ async fn writes_are_versioned_durable_and_conflicts_are_reported() {
         .map(|e| e["name"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(names, ["b.bin", "big", "notes"]);
+
+    // fs.create makes plain files: no setuid, setgid or sticky bit, which
+    // a workspace user's process could otherwise run as the file's owner
+    // wherever the files are not behind a nosuid mount (watch mode).
+    let e = a
+        .request(json!({"type": "fs.create", "path": "suid", "mode": 0o6755}))
+        .await
+        .unwrap();
+    assert_eq!(e["entry"]["mode"], 0o755, "{e}");
+    let m = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(ws.root.join("suid"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(m & 0o7777, 0o755);
 }
 
 /// `fs.read` of `path`, as the editor opens a file.
