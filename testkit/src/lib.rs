@@ -6,6 +6,8 @@
 //! - [`Proc`]: a child process whose stdout and stderr go to a log file,
 //!   that waits for a line on it, and that prints the log's tail when the
 //!   test fails (a failed test says why the process misbehaved);
+//! - [`http`]: one blocking HTTP/1.1 request with exactly the headers a
+//!   test gives (the checks of Host, Origin and Content-Type need that);
 //! - [`S3Env`]: the test S3 server (Garage) that `scripts/test.sh` starts,
 //!   from `COVE_TEST_S3_*`;
 //! - [`require_fuse`] / [`require`]: skip a case that needs root, FUSE or
@@ -65,6 +67,53 @@ pub fn free_port() -> u16 {
 /// A random name with `prefix`, for projects, buckets' prefixes and such.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:016x}", rand::random::<u64>())
+}
+
+/// One HTTP/1.1 request to `addr` with `headers` (and `Host: addr` unless
+/// they name one) and `body`; the status and body. `(0, why)` when nothing
+/// answers. Blocking and dependency-free on purpose: tests use it to send
+/// what a well-behaved client library would not.
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    use std::io::Write;
+    let mut s = match std::net::TcpStream::connect(addr) {
+        Ok(s) => s,
+        Err(e) => return (0, e.to_string()),
+    };
+    // Long enough for a flush that waits for the store.
+    let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    if let Err(e) = s.write_all(req.as_bytes()) {
+        return (0, e.to_string());
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
 }
 
 /// Skips (returns false, saying why on stderr) or, under CI, fails.
@@ -310,6 +359,38 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("exited"), "{e}");
         assert!(q.tail().contains("bye"));
+    }
+
+    #[test]
+    fn http_sends_what_it_is_given() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let n = std::io::Read::read(&mut c, &mut buf).unwrap();
+            std::io::Write::write_all(
+                &mut c,
+                b"HTTP/1.1 418 I'm a teapot\r\nContent-Length: 2\r\n\r\nhi",
+            )
+            .unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        let (code, body) = http(
+            &addr,
+            "POST",
+            "/x",
+            &[("Origin", "https://e.example")],
+            "{}",
+        );
+        assert_eq!((code, body.as_str()), (418, "hi"));
+        let req = server.join().unwrap();
+        assert!(req.starts_with("POST /x HTTP/1.1\r\n"), "{req}");
+        assert!(req.contains(&format!("Host: {addr}\r\n")), "{req}");
+        assert!(req.contains("Origin: https://e.example\r\n"), "{req}");
+        assert!(req.ends_with("\r\n\r\n{}"), "{req}");
+        drop(std::net::TcpListener::bind(&addr));
+        assert_eq!(http("127.0.0.1:1", "GET", "/", &[], "").0, 0);
     }
 
     #[test]
