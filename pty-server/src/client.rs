@@ -504,20 +504,34 @@ impl Client {
         needle: &str,
         timeout: Duration,
     ) -> Result<String, ClientError> {
+        let what = format!("{needle:?} in terminal {terminal}'s output");
+        self.wait_until(&what, timeout, |c| c.text(terminal).contains(needle))
+            .await?;
+        Ok(self.text(terminal))
+    }
+
+    /// Reads until `done` holds, checking it after every message, so the
+    /// moment output arrives is the moment this returns (benchmarks time
+    /// it). JSON messages go to [`Client::events`], frames are filed.
+    pub async fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Client) -> bool,
+    ) -> Result<(), ClientError> {
         let deadline = Instant::now() + timeout;
-        while !self.text(terminal).contains(needle) {
+        while !done(self) {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ClientError::Timeout(format!(
-                    "{needle:?} in terminal {terminal}'s output {:?}",
-                    self.text(terminal)
-                )));
-            }
-            if let Some(m) = self.next(left.min(Duration::from_millis(200))).await? {
-                self.events.push_back(m);
+            let m = match tokio::time::timeout(left, self.recv()).await {
+                Err(_) => return Err(ClientError::Timeout(what.to_string())),
+                Ok(m) => m?,
+            };
+            match m {
+                Incoming::Json(v) => self.events.push_back(v),
+                frame => self.file(frame).await?,
             }
         }
-        Ok(self.text(terminal))
+        Ok(())
     }
 
     /// Waits for the server to close the connection; its close code.

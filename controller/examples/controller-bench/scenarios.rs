@@ -61,16 +61,11 @@ pub(super) async fn create_to_prompt(c: &Controller, i: usize) -> Result<PromptS
     };
     s.term = us_since(t);
     let t = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ws.text(term).contains(['$', '#']) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            bail!("no prompt within 30 s; output so far {:?}", ws.text(term));
-        }
-        if let Some(m) = ws.next(left).await.context("waiting for a prompt")? {
-            ws.events.push_back(m);
-        }
-    }
+    ws.wait_until("a prompt", Duration::from_secs(30), |c| {
+        c.text(term).contains(['$', '#'])
+    })
+    .await
+    .with_context(|| format!("waiting for a prompt; output so far {:?}", ws.text(term)))?;
     s.prompt = us_since(t);
     s.total = us_since(t0);
     ws.close().await;
